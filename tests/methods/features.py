@@ -1,0 +1,30 @@
+"""Random VisionFeatures and a real LLaVA projector for method tests."""
+
+import torch
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+from vtp_export.methods.base import VisionFeatures
+from vtp_export.models import Geometry, geometry_of, llava15_tiny_config
+
+
+def tiny_geometry(image_size: int = 336) -> Geometry:
+    return geometry_of(llava15_tiny_config(image_size))
+
+
+def tiny_projector(seed: int = 0) -> LlavaMultiModalProjector:
+    torch.manual_seed(seed)
+    return LlavaMultiModalProjector(llava15_tiny_config()).eval()
+
+
+def random_features(geometry: Geometry, batch: int = 2, seed: int = 0, peaked: bool = False) -> VisionFeatures:
+    """Features with attention logits of unit spread, or `peaked` into a few patches (crop overflow)."""
+    g = torch.Generator().manual_seed(seed)
+    length, heads = geometry.sequence_length, geometry.num_heads
+    logits = torch.randn(batch, heads, length, generator=g)
+    if peaked:
+        logits[:, :, 1:40] += 8.0
+    return VisionFeatures(
+        hidden=torch.randn(batch, length, geometry.vision_width, generator=g),
+        cls_attention=torch.softmax(logits, dim=-1),
+        keys=torch.randn(batch, heads, length, geometry.head_dim, generator=g),
+    )

@@ -1,0 +1,3 @@
+from vtp_export.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""vtp-export command line: export (default), and listings of models, methods and targets."""
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from vtp_export.errors import UsageError, VtpError
+
+COMMANDS = ("export", "models", "methods", "targets")
+DEBUG_ENV = "VTP_EXPORT_DEBUG"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is a UsageError: one line on stderr, exit 2, like every other error."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, value
+
+
+def export_parser() -> Parser:
+    p = Parser(prog="vtp-export", description="Export a VLM vision tower with in-graph static visual-token pruning "
+               "to ONNX, verified against PyTorch, with a TensorRT build recipe for GPU targets. "
+               f"Other commands: {', '.join(COMMANDS[1:])}.")
+    p.add_argument("--model", required=True, help="model name (see: vtp-export models)")
+    p.add_argument("--method", required=True, help="pruning method (see: vtp-export methods)")
+    p.add_argument("--keep", type=int, help="visual tokens the LLM receives (1..N-1; not needed for 'none')")
+    p.add_argument("--target", required=True, help="deployment target (see: vtp-export targets)")
+    p.add_argument("--out", type=Path, help="output folder (default: exports/MODEL-METHOD-kKEEP-TARGET)")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--weights", type=Path, help="local HF-format LLaVA checkpoint folder")
+    weights.add_argument("--random-weights", action="store_true", help="real-size architecture, seeded random weights")
+    p.add_argument("--seed", type=int, default=0, help="seed of random weights and verification images (default 0)")
+    p.add_argument("--method-opt", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="method option, repeatable (see: vtp-export methods)")
+    batch = p.add_mutually_exclusive_group()
+    batch.add_argument("--batch", type=int, default=1, help="fixed batch size of the graph (default 1)")
+    batch.add_argument("--dynamic-batch", action="store_true", help="symbolic batch axis (all other axes static)")
+    p.add_argument("--verify-samples", type=int, default=3, help="random batches compared with PyTorch (default 3)")
+    p.add_argument("--tensorrt-check", choices=("parse", "build"), default="parse",
+                   help="GPU targets: TensorRT ONNX parser only (default), or also a CPU-only engine build "
+                        "(about 4x the weights in memory)")
+    return p
+
+
+def run_export(argv: Sequence[str]) -> int:
+    from vtp_export.exporter import ExportRequest, export
+
+    args = export_parser().parse_args(argv)
+    request = ExportRequest(
+        model=args.model, method=args.method, target=args.target, keep=args.keep,
+        method_options=dict(args.method_opt), out=args.out, weights=args.weights,
+        random_weights=args.random_weights, seed=args.seed, batch=args.batch,
+        dynamic_batch=args.dynamic_batch, verify_samples=args.verify_samples, tensorrt_check=args.tensorrt_check,
+    )
+    out = export(request, progress=lambda message: print(f"[vtp-export] {message}", flush=True))
+    print(summary(out))
+    return 0
+
+
+def summary(out: Path) -> str:
+    from vtp_export.graph_io import CONFIG_JSON
+
+    record = json.loads((out / CONFIG_JSON).read_text())
+    graph, check = record["graph"], record["verification"]
+    shapes = "  ".join(f"{v['name']} {v['shape']}" for v in graph["outputs"])
+    lines = [
+        f"wrote {out}",
+        f"  {graph['file']}: {graph['nodes']} nodes, opset {graph['opset']}, {shapes}",
+        f"  verified on {check['samples']} random batches: token_index {check['token_index']}, "
+        f"image_embeds max |diff| {check['image_embeds_max_abs_diff']:.2e}",
+    ]
+    parser = record.get("tensorrt_parser")
+    if parser is not None:
+        if parser["checked"]:
+            built = ", engine built (CPU-only builder)" if parser.get("engine_built") else ""
+            lines.append(f"  TensorRT ONNX parser ({parser['parser']}): accepted, {parser['layers']} layers{built}")
+        else:
+            lines.append(f"  TensorRT ONNX parser: not checked ({parser['reason']})")
+        lines.append(f"  build the engine on the device: bash {out / record['device_build']['script']}")
+    return "\n".join(lines)
+
+
+def run_listing(command: str, argv: Sequence[str]) -> int:
+    Parser(prog=f"vtp-export {command}", description=f"List the registered {command}.").parse_args(argv)
+    if command == "models":
+        from vtp_export.models import MODELS
+
+        for name, spec in MODELS.items():
+            print(f"{name:14} {spec.summary}" + (f"  [{spec.canonical_repo}]" if spec.canonical_repo else ""))
+    elif command == "methods":
+        from vtp_export.methods import METHODS
+
+        for name, method in METHODS.items():
+            print(f"{name:10} {method.summary}\n{'':10} reference: {method.reference}")
+            for option in method.options:
+                default = "derived" if option.default is None else option.default
+                print(f"{'':10} --method-opt {option.name}=<{option.type.__name__}> (default {default}): {option.help}")
+    else:
+        from vtp_export.targets import TARGETS
+
+        for name, target in TARGETS.items():
+            print(f"{name:8} {target.summary}; precisions {'/'.join(target.precisions)}; opset <= {target.max_opset}")
+    return 0
+
+
+def dispatch(argv: Sequence[str]) -> int:
+    if argv and argv[0] in COMMANDS:
+        command, rest = argv[0], argv[1:]
+    else:
+        command, rest = "export", argv
+    return run_export(rest) if command == "export" else run_listing(command, rest)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return dispatch(argv)
+    except VtpError as error:
+        print(f"vtp-export: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("vtp-export: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"vtp-export: internal error: {type(error).__name__}: {error} (set {DEBUG_ENV}=1 for the traceback)",
+              file=sys.stderr)
+        return 1

@@ -1,0 +1,21 @@
+"""FasterVLM: the top-k patches by [CLS] attention of the feature layer (mean over heads), raster order.
+
+Reference: Theia-4869/FasterVLM (methods-spec.md, "FasterVLM"). Parity: tests/methods/test_fastervlm.py.
+"""
+
+from torch import Tensor, nn
+
+from vtp_export.methods import METHODS
+from vtp_export.methods.base import PruningMethod, VisionFeatures
+from vtp_export.methods.ops import gather_rows, sorted_ascending, top_indices
+
+
+@METHODS.register("fastervlm")
+class FasterVLM(PruningMethod):
+    name = "fastervlm"
+    summary = "top-k patches by CLS attention of the feature layer, kept in raster order, no merging"
+    reference = "Theia-4869/FasterVLM"
+
+    def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+        kept = sorted_ascending(top_indices(features.patch_attention(), self.keep))
+        return projector(gather_rows(features.patches, kept)), kept + 1

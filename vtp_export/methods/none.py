@@ -1,0 +1,27 @@
+"""`none`: the unpruned baseline, all N patch tokens in raster order, exactly what LLaVA feeds its LLM."""
+
+from torch import Tensor, nn
+
+from vtp_export.errors import UsageError
+from vtp_export.methods import METHODS
+from vtp_export.methods.base import PruningMethod, VisionFeatures, patch_positions
+from vtp_export.models import Geometry
+
+
+@METHODS.register("none")
+class NoPruning(PruningMethod):
+    name = "none"
+    summary = "baseline: all N patch tokens (LLaVA's own image features)"
+    reference = "huggingface/transformers LlavaModel.get_image_features"
+    uses_attention = False
+
+    @classmethod
+    def output_tokens(cls, geometry: Geometry, keep: int | None) -> int:
+        n = geometry.num_patches
+        if keep not in (None, n):
+            raise UsageError(f"method none keeps all {n} tokens: drop --keep or pass --keep {n}")
+        return n
+
+    def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+        patches = features.patches
+        return projector(patches), patch_positions(patches.shape[0], patches.shape[1], patches.device)

@@ -1,0 +1,76 @@
+"""VisionZip: dominant tokens by [CLS] attention plus contextual tokens merged by key similarity.
+
+Reference: dvlab-research/VisionZip @3151f6d, visionzip/clip_encoder.py (methods-spec.md, "VisionZip").
+Parity: tests/methods/test_visionzip.py.
+"""
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vtp_export.errors import UsageError
+from vtp_export.methods import METHODS
+from vtp_export.methods.base import MethodOption, PruningMethod, VisionFeatures
+from vtp_export.methods.ops import complement_ascending, gather_rows, sorted_ascending, top_indices
+from vtp_export.models import Geometry
+
+
+def default_contextual(keep: int) -> int:
+    """The paper's LLaVA-1.5 split: 64 = 54 + 10, 128 = 108 + 20, 192 = 162 + 30."""
+    return round(keep * 10 / 64)
+
+
+@METHODS.register("visionzip")
+class VisionZip(PruningMethod):
+    name = "visionzip"
+    summary = "dominant tokens by CLS attention (CLS kept) + contextual tokens merged by key similarity"
+    reference = "dvlab-research/VisionZip@3151f6d visionzip/clip_encoder.py"
+    options = (
+        MethodOption("dominant", int, None, "dominant tokens incl. CLS; default keep - contextual"),
+        MethodOption("contextual", int, None, "merged contextual tokens; default round(keep*10/64)"),
+    )
+
+    def __init__(self, geometry: Geometry, keep: int, **options: Any) -> None:
+        super().__init__(geometry, keep, **options)
+        dominant, contextual = self.settings["dominant"], self.settings["contextual"]
+        if dominant is None and contextual is None:
+            contextual = default_contextual(keep)
+        if dominant is None:
+            dominant = keep - contextual
+        if contextual is None:
+            contextual = keep - dominant
+        if dominant + contextual != keep or dominant < 1 or contextual < 0:
+            raise UsageError(
+                f"method visionzip: dominant={dominant} + contextual={contextual} must equal --keep {keep}, "
+                "with dominant >= 1 (it holds CLS) and contextual >= 0"
+            )
+        self.settings = {"dominant": dominant, "contextual": contextual}
+        self.dominant, self.contextual = dominant, contextual
+        remaining = geometry.sequence_length - dominant
+        step = max(1, remaining // contextual) if contextual else 1
+        targets = list(range(0, remaining, step))[:contextual]
+        members = [i for i in range(remaining) if i not in set(targets)]
+        self.register_buffer("targets", torch.tensor(targets, dtype=torch.long), persistent=False)
+        self.register_buffer("members", torch.tensor(members, dtype=torch.long), persistent=False)
+
+    def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+        hidden = features.hidden
+        batch = hidden.shape[0]
+        scores = features.cls_attention[:, :, 1:].sum(dim=1)
+        cls = torch.zeros(batch, 1, dtype=torch.long, device=hidden.device)
+        dominant = torch.cat([cls, sorted_ascending(top_indices(scores, self.dominant - 1) + 1)], dim=1)
+        tokens, index = [gather_rows(hidden, dominant)], [dominant]
+        if self.contextual:
+            remaining = complement_ascending(dominant, hidden.shape[1])
+            keys = gather_rows(features.keys.mean(dim=1), remaining)
+            keys = keys / keys.norm(dim=-1, keepdim=True)
+            rest = gather_rows(hidden, remaining)
+            similarity = keys[:, self.members] @ keys[:, self.targets].transpose(1, 2)
+            assignment = similarity.argmax(dim=-1, keepdim=True)
+            one_hot = (assignment == torch.arange(self.contextual, device=hidden.device)).to(hidden.dtype)
+            counts = one_hot.sum(dim=1).clamp(min=1).unsqueeze(-1)
+            merged = one_hot.transpose(1, 2) @ rest[:, self.members] / counts
+            tokens.append(rest[:, self.targets] + merged)
+            index.append(remaining[:, self.targets])
+        return projector(torch.cat(tokens, dim=1)), torch.cat(index, dim=1)

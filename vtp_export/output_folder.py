@@ -1,0 +1,54 @@
+"""Output folders appear whole or not at all: build in a hidden sibling, rename at the end."""
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from vtp_export.errors import OutputFolderError
+from vtp_export.graph_io import CONFIG_JSON, PRODUCER
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def is_our_folder(folder: Path) -> bool:
+    try:
+        return json.loads((folder / CONFIG_JSON).read_text()).get("producer") == PRODUCER
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_writable(out: Path) -> None:
+    """Refuse early, before any work, to replace a folder that vtp-export did not write."""
+    if out.exists() and not (out.is_dir() and (is_our_folder(out) or not any(out.iterdir()))):
+        raise OutputFolderError(f"{out} exists and was not written by vtp-export: choose another --out")
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """Yield an empty staging folder; on success it replaces `out`, on any failure it is removed."""
+    check_writable(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        stage.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; the result is an ordinary folder
+    except OSError as error:
+        raise OutputFolderError(f"cannot write under {out.parent}: {error.strerror}") from None
+    try:
+        yield stage
+        if out.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            out.rename(retired / out.name)
+            stage.rename(out)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            stage.rename(out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

@@ -1,0 +1,42 @@
+"""A graph's signature: opset, I/O names, dtypes and shapes, and the histogram of its op types.
+
+Checked-in signatures under graphs/ pin what each (model, method, keep) exports to; tests compare.
+"""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import onnx
+
+GRAPHS_DIR = Path(__file__).resolve().parent.parent / "graphs"
+
+
+def value_signature(value: onnx.ValueInfoProto) -> dict:
+    tensor = value.type.tensor_type
+    shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.shape.dim]
+    return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, "shape": shape}
+
+
+def graph_signature(path: Path) -> dict:
+    model = onnx.load(str(path), load_external_data=False)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return {
+        "opset": opset,
+        "inputs": [value_signature(v) for v in model.graph.input],
+        "outputs": [value_signature(v) for v in model.graph.output],
+        "ops": dict(sorted(Counter(node.op_type for node in model.graph.node).items())),
+    }
+
+
+def golden_path(model: str, method: str, keep: int) -> Path:
+    return GRAPHS_DIR / model / f"{method}-k{keep}.json"
+
+
+def write_signature(signature: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(signature, indent=2) + "\n")
+
+
+def read_signature(path: Path) -> dict:
+    return json.loads(path.read_text())
