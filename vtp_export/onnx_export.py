@@ -28,6 +28,8 @@ def stable_sort_as_topk(self, stable: bool | None = None, dim: int = -1, descend
     return op.TopK(self, k, axis=dim, largest=1 if descending else 0, sorted=1)
 
 
+BATCH_PROBE = 3  # batch size the shape check pins a dynamic batch axis to
+
 CUSTOM_TRANSLATIONS = {torch.ops.aten.sort.stable: stable_sort_as_topk}
 
 
@@ -76,14 +78,20 @@ def release_rewriter_matches() -> None:
 
 
 def check_static_shapes(path: Path, dynamic_batch: bool) -> None:
-    """Every value in the graph has a known shape; only the leading (batch) axis may be symbolic."""
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
-    graph = model.graph
+    """Every value in the graph has a concrete shape, the leading (batch) axis of a dynamic graph aside.
+
+    A dynamic batch reaches Reshape targets through Shape ops, so the batch axis is pinned to a probe
+    size first and shapes are inferred with data propagation: static-but-for-batch graphs resolve fully.
+    """
+    model = onnx.load(str(path), load_external_data=False)
+    if dynamic_batch:
+        for value in model.graph.input:
+            value.type.tensor_type.shape.dim[0].dim_value = BATCH_PROBE
+        del model.graph.value_info[:]
+    graph = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
     for value in [*graph.input, *graph.output, *graph.value_info]:
-        dims = value.type.tensor_type.shape.dim
-        for axis, dim in enumerate(dims):
-            symbolic = dim.HasField("dim_param") or not dim.HasField("dim_value")
-            if symbolic and not (dynamic_batch and axis == 0):
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if not dim.HasField("dim_value"):
                 raise ExportError(f"graph value {value.name!r} has a non-static axis {axis}")
     for node in graph.node:
         if node.op_type == "NonZero":
@@ -100,9 +108,12 @@ def quiet_exporter():
     """The dynamo exporter prints progress to stdout and warns freely; keep the CLI's output ours."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        previous = logging.getLogger("torch.onnx").level
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+        previous = [logger.level for logger in loggers]
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
         try:
             yield
         finally:
-            logging.getLogger("torch.onnx").setLevel(previous)
+            for logger, level in zip(loggers, previous):
+                logger.setLevel(level)

@@ -35,6 +35,7 @@ def check_writable(out: Path) -> None:
 def staged_folder(out: Path) -> Iterator[Path]:
     """Yield an empty staging folder; on success it replaces `out`, on any failure it is removed."""
     check_writable(out)
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -50,5 +51,9 @@ def staged_folder(out: Path) -> Iterator[Path]:
             shutil.rmtree(retired, ignore_errors=True)
         else:
             stage.rename(out)
-    finally:
+    except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
+        for folder in created:  # innermost first; a failed job leaves the tree as it found it
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
