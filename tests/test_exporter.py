@@ -10,17 +10,17 @@ from vtp_export.exporter import ExportRequest, export
 from vtp_export.graph_io import CONFIG_JSON, IMAGE_EMBEDS, PIXEL_VALUES, TOKEN_INDEX, VISION_ONNX
 from vtp_export.models import geometry_of, llava15_tiny_config
 from vtp_export.recipe import BUILD_SCRIPT
-from vtp_export.signature import golden_path, graph_signature, read_signature
+from vtp_export.methods import METHODS
+from vtp_export.signature import GOLDEN_KEEP, GOLDEN_MODEL, golden_path, graph_signature, read_signature
 from vtp_export.verify import onnxruntime_session, random_pixel_values
 
-GOLDEN = [("none", None), ("fastervlm", 64), ("visionzip", 64), ("holov", 64)]
-
-
-@pytest.fixture(scope="module", params=GOLDEN, ids=lambda p: f"{p[0]}-k{p[1] or 'all'}-orin-build")
+@pytest.fixture(scope="module", params=METHODS.names(),
+                ids=lambda m: f"{m}-k{'all' if m == 'none' else GOLDEN_KEEP}-orin-build")
 def orin_export(request, tmp_path_factory):
-    method, keep = request.param
+    method = request.param
     out = tmp_path_factory.mktemp("exports") / method
-    export(ExportRequest(model="llava15-tiny", method=method, keep=keep, target="orin", out=out, tensorrt_check="build"))
+    keep = None if method == "none" else GOLDEN_KEEP
+    export(ExportRequest(model=GOLDEN_MODEL, method=method, keep=keep, target="orin", out=out, tensorrt_check="build"))
     return method, out
 
 
@@ -28,7 +28,7 @@ def test_signature_matches_golden(orin_export):
     method, out = orin_export
     signature = graph_signature(out / VISION_ONNX)
     keep = signature["outputs"][1]["shape"][1]
-    assert signature == read_signature(golden_path("llava15-tiny", method, keep)), (
+    assert signature == read_signature(golden_path(GOLDEN_MODEL, method, keep)), (
         "graph changed: review, then run tools/update_graphs.py"
     )
 

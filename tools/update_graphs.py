@@ -10,20 +10,18 @@ from pathlib import Path
 
 from vtp_export.exporter import ExportRequest, export
 from vtp_export.graph_io import VISION_ONNX
-from vtp_export.signature import golden_path, graph_signature, write_signature
-
-MODEL = "llava15-tiny"
-# (method, keep): keep None means the method's own count (none keeps every token).
-GOLDEN_EXPORTS = [("none", None), ("fastervlm", 64), ("visionzip", 64), ("holov", 64)]
+from vtp_export.methods import METHODS
+from vtp_export.signature import GOLDEN_KEEP, GOLDEN_MODEL, golden_path, graph_signature, write_signature
 
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
-        for method, keep in GOLDEN_EXPORTS:
-            out = export(ExportRequest(model=MODEL, method=method, keep=keep, target="cpu", out=Path(scratch) / method,
-                                       verify_samples=1))
+        for method in METHODS.names():
+            keep = None if method == "none" else GOLDEN_KEEP
+            out = export(ExportRequest(model=GOLDEN_MODEL, method=method, keep=keep, target="cpu",
+                                       out=Path(scratch) / method, verify_samples=1))
             signature = graph_signature(out / VISION_ONNX)
-            path = golden_path(MODEL, method, signature["outputs"][1]["shape"][1])
+            path = golden_path(GOLDEN_MODEL, method, signature["outputs"][1]["shape"][1])
             write_signature(signature, path)
             print(f"wrote {path}")
     return 0

@@ -94,3 +94,24 @@ def holov(projected: Tensor, attention: Tensor, keep: int, crops: int = 16, eps:
         out_tokens.append(torch.cat([tokens, torch.zeros(pad, width)]))
         out_positions.append(torch.cat([positions + 1, torch.full((pad,), -1)]))
     return torch.stack(out_tokens), torch.stack(out_positions)
+
+
+def divprune(projected: Tensor, keep: int) -> tuple[Tensor, Tensor]:
+    """projected (B, N, D): post-projector patches."""
+    tokens, positions = [], []
+    for b in range(projected.shape[0]):
+        features = projected[b]
+        unit = features / features.norm(dim=1, keepdim=True)
+        distance = 1.0 - unit @ unit.T
+        chosen = torch.empty(keep, dtype=torch.long)
+        for i in range(keep):
+            if i == 0:
+                scores = torch.topk(distance, 2, dim=0, largest=False).values[1, :]
+            else:
+                scores = torch.min(torch.index_select(distance, 0, chosen[:i]), dim=0).values
+            chosen[i] = torch.argmax(scores)
+        chosen = chosen.sort().values
+        tokens.append(features[chosen])
+        positions.append(chosen + 1)
+    return torch.stack(tokens), torch.stack(positions)
+

@@ -65,3 +65,35 @@ def test_holov(image_size, keep, crops, peaked):
     tokens, positions = reference.holov(projected, features.patch_attention(), keep, crops)
     assert torch.equal(index, positions)
     torch.testing.assert_close(embeds, tokens, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("image_size", [336, 224])
+@pytest.mark.parametrize("keep", [1, 16, 64, 100])
+def test_divprune(image_size, keep):
+    geometry = tiny_geometry(image_size)
+    features = random_features(geometry, seed=keep)
+    _, (embeds, index) = method_output("divprune", geometry, keep, features)
+    with torch.no_grad():
+        projected = tiny_projector()(features.patches)
+    tokens, positions = reference.divprune(projected, keep)
+    assert torch.equal(index, positions)
+    torch.testing.assert_close(embeds, tokens, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("keep", [1, 10, 64, 100, 575])
+def test_uniform_spreads_over_the_grid(keep):
+    geometry = tiny_geometry()
+    _, (_, index) = method_output("uniform", geometry, keep, random_features(geometry))
+    rows, cols = (index[0] - 1) // geometry.grid, (index[0] - 1) % geometry.grid
+    assert len(set(index[0].tolist())) == keep
+    if keep >= 64:
+        assert len(set(rows.tolist())) >= 8 and len(set(cols.tolist())) >= 8
+        assert rows.float().mean().sub(11.5).abs() < 2 and cols.float().mean().sub(11.5).abs() < 2
+
+
+def test_random_is_fixed_by_its_seed():
+    geometry = tiny_geometry()
+    features = random_features(geometry)
+    runs = [method_output("random", geometry, 64, features, seed=s)[1][1] for s in (0, 0, 1)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    assert torch.equal(runs[0][0], runs[0][1]), "the kept set does not depend on the image"

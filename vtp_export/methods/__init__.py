@@ -4,4 +4,4 @@ from vtp_export.registry import Registry
 
 METHODS: Registry[type] = Registry("method")
 
-from vtp_export.methods import fastervlm, holov, none, visionzip  # noqa: E402,F401  (registration)
+from vtp_export.methods import baselines, divprune, fastervlm, holov, none, visionzip  # noqa: E402,F401

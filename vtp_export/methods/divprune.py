@@ -1,0 +1,37 @@
+"""DivPrune: greedy max-min diversity over projected tokens with distance 1 - cosine.
+
+Reference: vbdi/divprune, DivPrune() (methods-spec.md, "DivPrune"). Parity: tests/methods/test_parity.py.
+The greedy loop has a fixed length (keep), so it is unrolled: keep ArgMax/Gather/Min steps.
+"""
+
+import torch
+from torch import Tensor, nn
+
+from vtp_export.methods import METHODS
+from vtp_export.methods.base import PruningMethod, VisionFeatures
+from vtp_export.methods.ops import gather_rows, sorted_ascending
+
+
+@METHODS.register("divprune")
+class DivPrune(PruningMethod):
+    name = "divprune"
+    summary = "greedy max-min diversity (1 - cosine) over projected tokens, raster order"
+    reference = "vbdi/divprune DivPrune()"
+    uses_attention = False
+
+    def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+        projected = projector(features.patches).float()
+        unit = projected / projected.norm(dim=-1, keepdim=True)
+        distance = 1.0 - unit @ unit.transpose(1, 2)  # (B, N, N), symmetric
+        # First pick: the token farthest from its nearest neighbour (second smallest: the smallest is itself).
+        nearest = torch.topk(distance, 2, dim=1, largest=False).values[:, 1]
+        pick = nearest.argmax(dim=-1, keepdim=True)
+        picks = [pick]
+        closest = distance.gather(1, pick.unsqueeze(-1).expand(-1, 1, distance.shape[-1])).squeeze(1)
+        for _ in range(self.keep - 1):
+            pick = closest.argmax(dim=-1, keepdim=True)
+            picks.append(pick)
+            row = distance.gather(1, pick.unsqueeze(-1).expand(-1, 1, distance.shape[-1])).squeeze(1)
+            closest = torch.minimum(closest, row)
+        kept = sorted_ascending(torch.cat(picks, dim=1))
+        return gather_rows(projected, kept).to(features.hidden.dtype), kept + 1
