@@ -130,3 +130,16 @@ def test_console_script_error_has_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_verification_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    from vtp_export import exporter
+    from vtp_export.verify import Tolerance, compare_with_onnxruntime
+
+    def exact(path, inputs, expected):  # no float difference allowed: onnxruntime's rounding must fail it
+        return compare_with_onnxruntime(path, inputs, expected, Tolerance(atol=0.0, rtol=0.0))
+
+    monkeypatch.setattr(exporter, "compare_with_onnxruntime", exact)
+    monkeypatch.chdir(tmp_path)
+    assert_clean_failure(main([*TINY, "--method", "fastervlm", "--keep", "8"]), capsys, "image_embeds differ from PyTorch", tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -3,7 +3,7 @@
 Prints, and writes as JSON with --json:
   1. `vtp-export --model llava15 --method holov --keep 64 --target orin --random-weights`: wall time and
      peak RSS of the process, against the target peak < 2x the fp32 weight size of the exported part;
-  2. onnxruntime latency of the whole vision graph for `none` and every method at --keep;
+  2. onnxruntime latency and node count of the whole vision graph for `none` and every method at --keep;
   3. the pruning stage's own cost: the method on precomputed features minus the projector over the
      tokens it projects, as a share of the vision tower up to the feature layer (target < 1%).
 
@@ -133,9 +133,10 @@ def main() -> int:
             stage_s = median_latency(stage_path, stage_feeds, args.runs)
             projected = geometry.num_patches if name in ("none", "holov") else args.keep
             selection_s = max(stage_s - projector_cost[projected], 0.0)
-            rows[name] = {"graph_s": round(graph_s, 4), "stage_with_projector_s": round(stage_s, 5),
+            nodes = json.loads((out / "config.json").read_text())["graph"]["nodes"]
+            rows[name] = {"graph_s": round(graph_s, 4), "graph_nodes": nodes, "stage_with_projector_s": round(stage_s, 5),
                           "selection_s": round(selection_s, 5), "selection_share_of_tower": round(selection_s / tower_s, 5)}
-            print(f"{name:10} graph {graph_s * 1e3:7.1f} ms   stage+projector {stage_s * 1e3:6.2f} ms   "
+            print(f"{name:10} graph {graph_s * 1e3:7.1f} ms ({nodes} nodes)   stage+projector {stage_s * 1e3:6.2f} ms   "
                   f"selection {selection_s * 1e3:6.2f} ms = {100 * selection_s / tower_s:.2f}% of tower", flush=True)
         figures["methods"] = rows
     if args.json:
