@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import huggingface_hub.constants
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -96,9 +97,20 @@ def test_missing_vision_tensors(tiny_checkpoint, tmp_path):
 
 
 def test_uncached_canonical_checkpoint_names_both_flags(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(WeightsError, match="--weights DIR.*--random-weights"):
         locate_weights(MODELS.get("llava15"), None, random_weights=False)
+
+
+def test_canonical_checkpoint_is_found_in_the_offline_cache(tiny_checkpoint, monkeypatch, tmp_path):
+    repo = tmp_path / "models--llava-hf--llava-1.5-7b-hf"
+    shutil.copytree(tiny_checkpoint, repo / "snapshots" / "0123abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    found = locate_weights(MODELS.get("llava15"), None, random_weights=False)
+    assert found == repo / "snapshots" / "0123abc"
+    assert load(found).geometry.num_patches == 576
 
 
 def test_tiny_model_is_random_without_flags():
