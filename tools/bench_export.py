@@ -131,7 +131,7 @@ def main() -> int:
                 export_onnx(PruningStage(method, stack.projector), (features.hidden, features.cls_attention, features.keys),
                             stage_path, tuple(stage_feeds), ("image_embeds", "token_index"), 18, dynamic_batch=False)
             stage_s = median_latency(stage_path, stage_feeds, args.runs)
-            projected = geometry.num_patches if name in ("none", "holov") else args.keep
+            projected = geometry.num_patches if method.projects_all_tokens else args.keep
             selection_s = max(stage_s - projector_cost[projected], 0.0)
             nodes = json.loads((out / "config.json").read_text())["graph"]["nodes"]
             rows[name] = {"graph_s": round(graph_s, 4), "graph_nodes": nodes, "stage_with_projector_s": round(stage_s, 5),

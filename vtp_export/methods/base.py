@@ -59,6 +59,7 @@ class PruningMethod(nn.Module):
     reference: ClassVar[str]  # official repository @ commit, file
     options: ClassVar[tuple[MethodOption, ...]] = ()
     uses_attention: ClassVar[bool] = True  # needs the CLS attention row (and keys) of the feature layer
+    projects_all_tokens: ClassVar[bool] = False  # selects on projector outputs, so projects all N tokens first
 
     def __init__(self, geometry: Geometry, keep: int, **options: Any) -> None:
         super().__init__()

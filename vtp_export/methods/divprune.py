@@ -17,6 +17,7 @@ class DivPrune(PruningMethod):
     name = "divprune"
     summary = "greedy max-min diversity (1 - cosine) over projected tokens, raster order"
     reference = "vbdi/divprune DivPrune()"
+    projects_all_tokens = True
     uses_attention = False
 
     def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:

@@ -42,6 +42,7 @@ class HoloV(PruningMethod):
     name = "holov"
     summary = "per-crop budget from attention + similarity-variance crop scores, top attention inside crops"
     reference = "obananas/HoloV@1d2e65e llava/model/utils.py::HoloV"
+    projects_all_tokens = True
     options = (MethodOption("crops", int, 16, "number of crops C of the raster token sequence"),)
 
     def __init__(self, geometry: Geometry, keep: int, **options: Any) -> None:

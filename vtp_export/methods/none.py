@@ -13,6 +13,7 @@ class NoPruning(PruningMethod):
     name = "none"
     summary = "baseline: all N patch tokens (LLaVA's own image features)"
     reference = "huggingface/transformers LlavaModel.get_image_features"
+    projects_all_tokens = True
     uses_attention = False
 
     @classmethod
