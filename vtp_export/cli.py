@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vtp_export.errors import UsageError, VtpError
+from vtp_export.graph_io import CONFIG_JSON
 
 COMMANDS = ("export", "models", "methods", "targets")
 DEBUG_ENV = "VTP_EXPORT_DEBUG"
@@ -69,8 +70,6 @@ def run_export(argv: Sequence[str]) -> int:
 
 
 def summary(out: Path) -> str:
-    from vtp_export.graph_io import CONFIG_JSON
-
     record = json.loads((out / CONFIG_JSON).read_text())
     graph, check = record["graph"], record["verification"]
     shapes = "  ".join(f"{v['name']} {v['shape']}" for v in graph["outputs"])

@@ -28,11 +28,10 @@ class DivPrune(PruningMethod):
         nearest = torch.topk(distance, 2, dim=1, largest=False).values[:, 1]
         pick = nearest.argmax(dim=-1, keepdim=True)
         picks = [pick]
-        closest = distance.gather(1, pick.unsqueeze(-1).expand(-1, 1, distance.shape[-1])).squeeze(1)
+        closest = gather_rows(distance, pick).squeeze(1)  # distance of every token to the picked set
         for _ in range(self.keep - 1):
             pick = closest.argmax(dim=-1, keepdim=True)
             picks.append(pick)
-            row = distance.gather(1, pick.unsqueeze(-1).expand(-1, 1, distance.shape[-1])).squeeze(1)
-            closest = torch.minimum(closest, row)
+            closest = torch.minimum(closest, gather_rows(distance, pick).squeeze(1))
         kept = sorted_ascending(torch.cat(picks, dim=1))
         return gather_rows(projected, kept).to(features.hidden.dtype), kept + 1
