@@ -34,15 +34,16 @@ class FixedPositions(PruningMethod):
 
 
 def uniform_grid(grid: int, keep: int) -> list[int]:
-    """`keep` raster positions spread evenly over a grid x grid patch map.
+    """`keep` distinct raster positions spread evenly over a grid x grid patch map, ascending.
 
     A side x side lattice of cell centres (side = ceil(sqrt(keep))) covers the image evenly; `keep` of its
-    side**2 points are taken at an even stride through the lattice.
+    side**2 points are taken at an even stride through the lattice. keep < grid**2 gives side <= grid, so
+    the centres are distinct cells and the lattice, built row by row, is already in raster order.
     """
     side = math.ceil(math.sqrt(keep))
-    centres = [min(grid - 1, int((i + 0.5) * grid / side)) for i in range(side)]
+    centres = [int((i + 0.5) * grid / side) for i in range(side)]
     lattice = [row * grid + col for row in centres for col in centres]
-    return sorted({lattice[j * len(lattice) // keep] for j in range(keep)})
+    return [lattice[j * len(lattice) // keep] for j in range(keep)]
 
 
 @METHODS.register("uniform")
@@ -52,11 +53,7 @@ class Uniform(FixedPositions):
     reference = "baseline (no paper): even 2-D lattice subsample of the patch grid"
 
     def positions(self) -> Tensor:
-        kept = uniform_grid(self.geometry.grid, self.keep)
-        if len(kept) < self.keep:  # keep close to N: lattice points collide on the grid; top up in raster order
-            taken = set(kept)
-            kept = sorted(kept + [p for p in range(self.geometry.num_patches) if p not in taken][: self.keep - len(kept)])
-        return torch.tensor(kept, dtype=torch.long)
+        return torch.tensor(uniform_grid(self.geometry.grid, self.keep), dtype=torch.long)
 
 
 @METHODS.register("random")
