@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlavaForConditionalGeneration
+from transformers import CLIPModel, LlavaForConditionalGeneration
 
-from vtp_export.models import llava15_tiny_config
+from vtp_export.models import clip_tiny_config, llava15_tiny_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -27,3 +27,15 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint_224(tmp_path_factory) -> Path:
     return save_tiny_llava(tmp_path_factory.mktemp("llava15-tiny-224"), image_size=224)
+
+
+def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
+    """A real HF CLIP checkpoint (random weights) of llava15-tiny's vision tower, with its text tower."""
+    torch.manual_seed(seed)
+    CLIPModel(clip_tiny_config()).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    return save_tiny_clip(tmp_path_factory.mktemp("clip-tiny"))

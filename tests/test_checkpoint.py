@@ -9,7 +9,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import LlavaForConditionalGeneration
 
-from vtp_export.checkpoint import load_checkpoint, locate_weights, read_llava_config
+from vtp_export.checkpoint import (
+    CLIP_SUBFOLDER, load_checkpoint, load_clip_text, locate_clip_weights, locate_weights, read_llava_config,
+)
 from vtp_export.errors import WeightsError
 from vtp_export.models import MODELS
 
@@ -115,3 +117,45 @@ def test_canonical_checkpoint_is_found_in_the_offline_cache(tiny_checkpoint, mon
 
 def test_tiny_model_is_random_without_flags():
     assert locate_weights(MODELS.get("llava15-tiny"), None, random_weights=False) is None
+
+
+def test_clip_text_side_loads_the_same_weights_as_transformers(tiny_checkpoint, tiny_clip):
+    from transformers import CLIPModel
+
+    clip = load_clip_text(tiny_clip, read_llava_config(tiny_checkpoint))
+    hf = CLIPModel.from_pretrained(tiny_clip)
+    assert torch.equal(clip.visual_projection.weight, hf.visual_projection.weight)
+    assert torch.equal(clip.text.text_projection.weight, hf.text_projection.weight)
+    assert torch.equal(clip.text.text_model.final_layer_norm.weight, hf.text_model.final_layer_norm.weight)
+
+
+def test_clip_lookup_order(tiny_checkpoint, tiny_clip, tmp_path, monkeypatch):
+    spec = MODELS.get("llava15")
+    assert locate_clip_weights(spec, tiny_clip, tiny_checkpoint, random_weights=False) == tiny_clip
+    assert locate_clip_weights(spec, None, None, random_weights=True) is None
+    bundle = tmp_path / "llava"
+    (bundle / CLIP_SUBFOLDER).mkdir(parents=True)
+    assert locate_clip_weights(spec, None, bundle, random_weights=False) == bundle / CLIP_SUBFOLDER
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(WeightsError, match="--text-weights DIR or --random-weights"):
+        locate_clip_weights(spec, None, tiny_checkpoint, random_weights=False)
+
+
+def test_clip_folder_errors(tiny_checkpoint, tiny_clip, tmp_path):
+    config = read_llava_config(tiny_checkpoint)
+    with pytest.raises(WeightsError, match="is not a CLIP checkpoint"):
+        load_clip_text(tiny_checkpoint, config)
+    other = tmp_path / "wide"
+    shutil.copytree(tiny_clip, other)
+    raw = json.loads((other / "config.json").read_text())
+    raw["vision_config"]["hidden_size"] = 48
+    (other / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(WeightsError, match="do not fit this vision tower"):
+        load_clip_text(other, config)
+    text_only = tmp_path / "no-visual"
+    shutil.copytree(tiny_clip, text_only)
+    tensors = load_file(text_only / "model.safetensors")
+    del tensors["visual_projection.weight"]
+    save_file(tensors, text_only / "model.safetensors")
+    with pytest.raises(WeightsError, match="lacks CLIP text weights: visual_projection.weight"):
+        load_clip_text(text_only, config)

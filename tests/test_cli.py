@@ -40,6 +40,8 @@ def test_rerun_replaces_its_own_folder(tmp_path, capsys):
 
 @pytest.mark.parametrize("command,expected", [
     ("models", "llava15-tiny"), ("methods", "VisionZip@3151f6d"), ("targets", "sm_87"),
+    ("methods", "text-conditioned (question -> text.onnx); reference: FreedomIntelligence/TRIM@f5a232d"),
+    ("methods", "--method-opt variant=<reference|paper> (default reference)"),
 ])
 def test_listings(command, expected, capsys):
     assert main([command]) == 0
@@ -71,7 +73,15 @@ BAD_INPUTS = {
     "keep-missing": (["--method", "holov"], "needs --keep"),
     "keep-with-none": (["--method", "none", "--keep", "64"], "keeps all 576 tokens"),
     "unknown-method": (["--method", "fastv", "--keep", "64"], "unknown method 'fastv'"),
-    "unknown-option": (["--method", "holov", "--keep", "64", "--method-opt", "tau=2"], "has no option 'tau'"),
+    "unknown-option": (["--method", "holov", "--keep", "64", "--method-opt", "alpha=2"], "has no option 'alpha'"),
+    "bad-option-choice": (["--method", "holov", "--keep", "64", "--method-opt", "variant=best"],
+                          "is not one of reference, paper"),
+    "paper-crops-not-square": (["--method", "holov", "--keep", "64", "--method-opt", "variant=paper",
+                                "--method-opt", "crops=10"], "square number of crops"),
+    "prumerge-keep-1": (["--method", "prumerge", "--keep", "1"], "needs --keep >= 2"),
+    "cdpruner-keep-above-rank": (["--method", "cdpruner", "--keep", "100"], "rank <= the LLM width 64"),
+    "text-weights-for-image-method": (["--method", "fastervlm", "--keep", "8", "--text-weights", "clip"],
+                                      "--text-weights is for text-conditioned methods"),
     "bad-option-value": (["--method", "holov", "--keep", "64", "--method-opt", "crops=many"], "is not a int"),
     "bad-split": (["--method", "visionzip", "--keep", "64", "--method-opt", "dominant=70"], "must equal --keep"),
 }
@@ -136,10 +146,20 @@ def test_failed_verification_is_one_line_and_leaves_nothing(tmp_path, capsys, mo
     from vtp_export import exporter
     from vtp_export.verify import Tolerance, compare_with_onnxruntime
 
-    def exact(path, inputs, expected):  # no float difference allowed: onnxruntime's rounding must fail it
-        return compare_with_onnxruntime(path, inputs, expected, Tolerance(atol=0.0, rtol=0.0))
+    def exact(path, inputs, expected, exact_selection):  # no float difference allowed: rounding must fail it
+        return compare_with_onnxruntime(path, inputs, expected, Tolerance(atol=0.0, rtol=0.0), exact_selection)
 
     monkeypatch.setattr(exporter, "compare_with_onnxruntime", exact)
     monkeypatch.chdir(tmp_path)
-    assert_clean_failure(main([*TINY, "--method", "fastervlm", "--keep", "8"]), capsys, "image_embeds differ from PyTorch", tmp_path)
+    assert_clean_failure(main([*TINY, "--method", "fastervlm", "--keep", "8"]), capsys, "image_embeds differs from PyTorch", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_text_conditioned_method_without_clip_weights_names_the_flag(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    code = main(["--model", "llava15", "--weights", str(tiny_checkpoint), "--method", "trim", "--keep", "16",
+                 "--target", "cpu"])
+    assert_clean_failure(code, capsys, "pass --text-weights DIR or --random-weights", tmp_path)

@@ -2,69 +2,96 @@
 
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
 
+from vtp_export.checkpoint import CLIP_SUBFOLDER
 from vtp_export.exporter import ExportRequest, export
-from vtp_export.graph_io import CONFIG_JSON, IMAGE_EMBEDS, PIXEL_VALUES, TOKEN_INDEX, VISION_ONNX
+from vtp_export.graph_io import (
+    CONFIG_JSON, IMAGE_EMBEDS, INPUT_IDS, NUM_VALID, PIXEL_VALUES, TEXT_EMBEDS, TEXT_ONNX, TOKEN_INDEX, VISION_ONNX,
+)
 from vtp_export.models import geometry_of, llava15_tiny_config
 from vtp_export.recipe import BUILD_SCRIPT
 from vtp_export.methods import METHODS
-from vtp_export.signature import GOLDEN_KEEP, GOLDEN_MODEL, golden_path, graph_signature, read_signature
+from vtp_export.signature import (
+    GOLDEN_KEEP, GOLDEN_MODEL, golden_exports, golden_path, golden_text_path, graph_signature, read_signature,
+)
 from vtp_export.verify import onnxruntime_session, random_pixel_values
 
-@pytest.fixture(scope="module", params=METHODS.names(),
-                ids=lambda m: f"{m}-k{'all' if m == 'none' else GOLDEN_KEEP}-orin-build")
+GOLDEN = golden_exports(METHODS.names())
+
+
+@pytest.fixture(scope="module", params=list(GOLDEN),
+                ids=lambda name: f"{name}-k{'all' if name == 'none' else GOLDEN_KEEP}-orin-build")
 def orin_export(request, tmp_path_factory):
-    method = request.param
-    out = tmp_path_factory.mktemp("exports") / method
+    name = request.param
+    method, options = GOLDEN[name]
+    out = tmp_path_factory.mktemp("exports") / name
     keep = None if method == "none" else GOLDEN_KEEP
-    export(ExportRequest(model=GOLDEN_MODEL, method=method, keep=keep, target="orin", out=out, tensorrt_check="build"))
-    return method, out
+    export(ExportRequest(model=GOLDEN_MODEL, method=method, keep=keep, target="orin", out=out, method_options=options,
+                         tensorrt_check="build"))
+    return name, out
 
 
 def test_signature_matches_golden(orin_export):
-    method, out = orin_export
+    name, out = orin_export
+    method = GOLDEN[name][0]
     signature = graph_signature(out / VISION_ONNX)
     keep = signature["outputs"][1]["shape"][1]
-    assert signature == read_signature(golden_path(GOLDEN_MODEL, method, keep)), (
+    assert signature == read_signature(golden_path(GOLDEN_MODEL, name, keep)), (
         "graph changed: review, then run tools/update_graphs.py"
     )
+    if METHODS.get(method).text_conditioned:
+        assert graph_signature(out / TEXT_ONNX) == read_signature(golden_text_path(GOLDEN_MODEL))
+        assert [i["name"] for i in signature["inputs"]] == [PIXEL_VALUES, TEXT_EMBEDS]
+    else:
+        assert not (out / TEXT_ONNX).exists()
 
 
 def test_graph_is_static_and_free_of_data_dependent_ops(orin_export):
     _, out = orin_export
-    signature = graph_signature(out / VISION_ONNX)
-    for value in signature["inputs"] + signature["outputs"]:
-        assert all(isinstance(d, int) and d > 0 for d in value["shape"])
-    assert "NonZero" not in signature["ops"]
+    for path in out.glob("*.onnx"):
+        signature = graph_signature(path)
+        for value in signature["inputs"] + signature["outputs"]:
+            assert all(isinstance(d, int) and d > 0 for d in value["shape"])
+        assert "NonZero" not in signature["ops"]
 
 
 def test_config_records_the_export(orin_export):
-    method, out = orin_export
+    name, out = orin_export
+    method = GOLDEN[name][0]
     config = json.loads((out / CONFIG_JSON).read_text())
     assert config["producer"] == "vtp-export" and config["method"]["name"] == method
-    assert config["graph"]["sha256"] == hashlib.sha256((out / VISION_ONNX).read_bytes()).hexdigest()
-    for name, digest in config["graph"]["external_data"].items():
-        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
-    assert [v["name"] for v in config["graph"]["outputs"]] == [IMAGE_EMBEDS, TOKEN_INDEX]
+    text_conditioned = METHODS.get(method).text_conditioned
+    assert sorted(config["graphs"]) == (["text", "vision"] if text_conditioned else ["vision"])
+    for graph in config["graphs"].values():
+        assert graph["sha256"] == hashlib.sha256((out / graph["file"]).read_bytes()).hexdigest()
+        for name, digest in graph["external_data"].items():
+            assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+        assert graph["verification"]["passed"]
+    vision = config["graphs"]["vision"]
+    assert [v["name"] for v in vision["outputs"]][:2] == [IMAGE_EMBEDS, TOKEN_INDEX]
+    expected_selection = "identical" if METHODS.get(method).exact_selection else "set overlap"
+    assert vision["verification"]["selection"].startswith(expected_selection)
     assert set(config["versions"]) >= {"torch", "transformers", "onnx", "onnxruntime"}
-    assert config["verification"]["passed"] and config["verification"]["token_index"] == "identical"
     assert config["target"]["name"] == "orin" and config["target"]["gpu_arch"] == "sm_87"
 
 
 def test_tensorrt_parser_accepted_and_engine_built(orin_export):
     _, out = orin_export
-    check = json.loads((out / CONFIG_JSON).read_text())["tensorrt_parser"]
-    assert check["checked"] and check["engine_built"] and check["layers"] > 0
+    for graph in json.loads((out / CONFIG_JSON).read_text())["graphs"].values():
+        check = graph["tensorrt_parser"]
+        assert check["checked"] and check["engine_built"] and check["layers"] > 0
 
 
 def test_device_build_recipe(orin_export):
     _, out = orin_export
     script = (out / BUILD_SCRIPT).read_text()
-    assert "--onnx=vision.onnx" in script and "--fp16" in script and "--saveEngine=vision.engine" in script
-    assert "memPoolSize=workspace:4096M" in script
+    for graph in json.loads((out / CONFIG_JSON).read_text())["graphs"]:
+        assert f"--onnx={graph}.onnx" in script and f"--saveEngine={graph}.engine" in script
+    assert "--fp16" in script and "memPoolSize=workspace:4096M" in script
 
 
 def test_leaves_no_staging_folders(orin_export):
@@ -77,9 +104,10 @@ def test_224px_checkpoint_exports_unchanged(tiny_checkpoint_224, tmp_path):
                                out=tmp_path / "e"))
     config = json.loads((out / CONFIG_JSON).read_text())
     assert config["model"]["geometry"]["num_patches"] == 256
-    assert config["graph"]["inputs"][0]["shape"] == [1, 3, 224, 224]
-    assert config["graph"]["outputs"][1]["shape"] == [1, 32]
-    assert "tensorrt_parser" not in config and not (out / BUILD_SCRIPT).exists()
+    vision = config["graphs"]["vision"]
+    assert vision["inputs"][0]["shape"] == [1, 3, 224, 224]
+    assert vision["outputs"][1]["shape"] == [1, 32]
+    assert "tensorrt_parser" not in vision and not (out / BUILD_SCRIPT).exists()
 
 
 def test_dynamic_batch_runs_any_batch(tmp_path):
@@ -102,3 +130,27 @@ def test_real_weights_export_records_their_folder(tiny_checkpoint, tmp_path):
     out = export(ExportRequest(model="llava15", method="fastervlm", keep=16, target="cpu", weights=tiny_checkpoint,
                                out=tmp_path / "e", verify_samples=1))
     assert json.loads((out / CONFIG_JSON).read_text())["model"]["weights"] == str(tiny_checkpoint.resolve())
+
+
+def test_text_conditioned_export_reads_clip_from_the_checkpoints_clip_folder(tiny_checkpoint, tiny_clip, tmp_path):
+    weights = tmp_path / "llava"
+    shutil.copytree(tiny_checkpoint, weights)
+    shutil.copytree(tiny_clip, weights / CLIP_SUBFOLDER)
+    out = export(ExportRequest(model="llava15", method="trim", keep=16, target="cpu", weights=weights,
+                               out=tmp_path / "e", verify_samples=1, method_options={"count": "iqr"}))
+    config = json.loads((out / CONFIG_JSON).read_text())
+    assert config["model"]["text_weights"] == str((weights / CLIP_SUBFOLDER).resolve())
+    assert [o["name"] for o in config["graphs"]["vision"]["outputs"]] == [IMAGE_EMBEDS, TOKEN_INDEX, NUM_VALID]
+    assert config["graphs"]["text"]["inputs"] == [{"name": INPUT_IDS, "dtype": "int64", "shape": [1, 77]}]
+
+
+def test_text_weights_flag_and_dynamic_batch(tiny_checkpoint, tiny_clip, tmp_path):
+    out = export(ExportRequest(model="llava15", method="cdpruner", keep=16, target="orin", weights=tiny_checkpoint,
+                               text_weights=tiny_clip, out=tmp_path / "e", verify_samples=1, dynamic_batch=True))
+    assert json.loads((out / CONFIG_JSON).read_text())["model"]["text_weights"] == str(tiny_clip.resolve())
+    script = (out / BUILD_SCRIPT).read_text()
+    assert "--maxShapes=pixel_values:64x3x336x336,text_embeds:64x16" in script
+    assert "--maxShapes=input_ids:64x77" in script
+    session = onnxruntime_session(out / TEXT_ONNX)
+    ids = np.full((3, 77), 49407, dtype=np.int64)
+    assert session.run(None, {INPUT_IDS: ids})[0].shape == (3, 16)

@@ -9,21 +9,25 @@ import tempfile
 from pathlib import Path
 
 from vtp_export.exporter import ExportRequest, export
-from vtp_export.graph_io import VISION_ONNX
+from vtp_export.graph_io import TEXT_ONNX, VISION_ONNX
 from vtp_export.methods import METHODS
-from vtp_export.signature import GOLDEN_KEEP, GOLDEN_MODEL, golden_path, graph_signature, write_signature
+from vtp_export.signature import (
+    GOLDEN_KEEP, GOLDEN_MODEL, golden_exports, golden_path, golden_text_path, graph_signature, write_signature,
+)
 
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
-        for method in METHODS.names():
+        for name, (method, options) in golden_exports(METHODS.names()).items():
             keep = None if method == "none" else GOLDEN_KEEP
-            out = export(ExportRequest(model=GOLDEN_MODEL, method=method, keep=keep, target="cpu",
-                                       out=Path(scratch) / method, verify_samples=1))
+            out = export(ExportRequest(model=GOLDEN_MODEL, method=method, keep=keep, target="cpu", method_options=options,
+                                       out=Path(scratch) / name, verify_samples=1))
             signature = graph_signature(out / VISION_ONNX)
-            path = golden_path(GOLDEN_MODEL, method, signature["outputs"][1]["shape"][1])
+            path = golden_path(GOLDEN_MODEL, name, signature["outputs"][1]["shape"][1])
             write_signature(signature, path)
             print(f"wrote {path}")
+            if (out / TEXT_ONNX).exists():
+                write_signature(graph_signature(out / TEXT_ONNX), golden_text_path(GOLDEN_MODEL))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Reading the vision tower and projector of a local HF-format LLaVA checkpoint (safetensors).
+"""Reading the vision tower and projector of a local HF-format LLaVA checkpoint (safetensors), and the
+text side of its CLIP model for text-conditioned methods.
 
 Only the tensors of the exported part are read, one at a time, so a 7B checkpoint costs the memory of
 its vision side alone. Both key layouts are accepted: `vision_tower.vision_model.*` (llava-hf on the hub,
@@ -6,17 +7,23 @@ transformers 4.x) and `vision_tower.*` / `model.vision_tower.*` (transformers 5.
 """
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from transformers import LlavaConfig
+from transformers import CLIPConfig, LlavaConfig
 
 from vtp_export.errors import WeightsError
-from vtp_export.models import ModelSpec, VisionStack, build_vision_stack, geometry_of
+from vtp_export.models import (
+    ClipText, ModelSpec, VisionStack, build_clip_text, build_vision_stack, check_clip_matches, geometry_of,
+)
 
 TOWER_PREFIX = "vision_tower."
 PROJECTOR_PREFIX = "multi_modal_projector."
+CLIP_PREFIXES = ("text_model.", "text_projection.", "visual_projection.")
+# A LLaVA folder may carry its CLIP model (for text-conditioned methods) in this subfolder.
+CLIP_SUBFOLDER = "clip"
 
 
 def locate_weights(spec: ModelSpec, weights: Path | None, random_weights: bool) -> Path | None:
@@ -48,7 +55,32 @@ def cached_snapshot(repo_id: str) -> Path | None:
         return None
 
 
-def read_llava_config(folder: Path) -> LlavaConfig:
+def locate_clip_weights(spec: ModelSpec, text_weights: Path | None, weights: Path | None,
+                        random_weights: bool) -> Path | None:
+    """The CLIP folder whose text side text-conditioned methods use; None means seeded random weights.
+
+    In order: --text-weights, the `clip/` subfolder of the LLaVA folder, the canonical CLIP model in the
+    offline HF cache. Random LLaVA weights come with random CLIP weights.
+    """
+    if text_weights is not None and random_weights:
+        raise WeightsError("--text-weights and --random-weights exclude each other")
+    if text_weights is not None:
+        return text_weights
+    if random_weights or (weights is None and spec.canonical_repo is None):
+        return None
+    if weights is not None and (weights / CLIP_SUBFOLDER).is_dir():
+        return weights / CLIP_SUBFOLDER
+    cached = cached_snapshot(spec.canonical_clip_repo) if spec.canonical_clip_repo else None
+    if cached is None:
+        wanted = spec.canonical_clip_repo or "the CLIP model of its vision tower"
+        raise WeightsError(
+            f"text-conditioned methods need CLIP's text tower ({wanted}), which is not in the HF cache "
+            f"nor in a {CLIP_SUBFOLDER}/ subfolder of --weights: pass --text-weights DIR or --random-weights"
+        )
+    return cached
+
+
+def read_config_json(folder: Path, model_type: str, display: str) -> dict:
     if not folder.is_dir():
         raise WeightsError(f"weights folder {folder} does not exist")
     if not any(folder.iterdir()):
@@ -60,15 +92,30 @@ def read_llava_config(folder: Path) -> LlavaConfig:
         raw = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise WeightsError(f"{config_path} is corrupt: {error}") from None
-    if not isinstance(raw, dict) or raw.get("model_type") != "llava":
+    if not isinstance(raw, dict) or raw.get("model_type") != model_type:
         found = raw.get("model_type") if isinstance(raw, dict) else None
-        raise WeightsError(f"{folder} is not a LLaVA checkpoint (model_type={found!r}, expected 'llava')")
+        raise WeightsError(f"{folder} is not a {display} checkpoint (model_type={found!r}, expected {model_type!r})")
+    return raw
+
+
+def read_llava_config(folder: Path) -> LlavaConfig:
+    raw = read_config_json(folder, "llava", "LLaVA")
     try:
         config = LlavaConfig.from_dict(raw)
     except Exception as error:  # transformers raises many types for malformed configs
-        raise WeightsError(f"{config_path} is not a valid LLaVA config: {error}") from None
+        raise WeightsError(f"{folder / 'config.json'} is not a valid LLaVA config: {error}") from None
     geometry_of(config)
     return config
+
+
+def read_clip_config(folder: Path, config: LlavaConfig) -> CLIPConfig:
+    raw = read_config_json(folder, "clip", "CLIP")
+    try:
+        clip_config = CLIPConfig.from_dict(raw)
+    except Exception as error:  # transformers raises many types for malformed configs
+        raise WeightsError(f"{folder / 'config.json'} is not a valid CLIP config: {error}") from None
+    check_clip_matches(clip_config, config, str(folder))
+    return clip_config
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -99,17 +146,24 @@ def target_name(checkpoint_key: str) -> str | None:
     return None
 
 
-def load_checkpoint(folder: Path, config: LlavaConfig) -> VisionStack:
-    """Vision tower and projector of `config` with the weights of `folder` (read with read_llava_config)."""
-    tower, projector = build_vision_stack(config)
-    slots = {f"tower.{n}": t for n, t in tower.state_dict(keep_vars=True).items()}
-    slots |= {f"projector.{n}": t for n, t in projector.state_dict(keep_vars=True).items()}
+def clip_target_name(checkpoint_key: str) -> str | None:
+    """CLIP checkpoint key -> key in {"text.*", "visual_projection.*"}, or None for the vision side."""
+    key = checkpoint_key.removeprefix("model.")
+    if key.startswith("visual_projection."):
+        return key
+    if key.startswith(CLIP_PREFIXES):
+        return "text." + key
+    return None
+
+
+def copy_tensors(folder: Path, slots: dict[str, torch.Tensor], target: Callable[[str], str | None], what: str) -> None:
+    """Fill every slot from the safetensors of `folder`, reading only the tensors whose target is a slot."""
     filled: set[str] = set()
     for path in weight_files(folder):
         try:
             with safe_open(str(path), framework="pt") as shard:
                 for key in shard.keys():
-                    name = target_name(key)
+                    name = target(key)
                     if name is None or name not in slots:
                         continue
                     tensor = shard.get_tensor(key)
@@ -126,5 +180,22 @@ def load_checkpoint(folder: Path, config: LlavaConfig) -> VisionStack:
     missing = sorted(set(slots) - filled)
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise WeightsError(f"{folder} lacks vision weights: {shown}")
+        raise WeightsError(f"{folder} lacks {what} weights: {shown}")
+
+
+def load_checkpoint(folder: Path, config: LlavaConfig) -> VisionStack:
+    """Vision tower and projector of `config` with the weights of `folder` (read with read_llava_config)."""
+    tower, projector = build_vision_stack(config)
+    slots = {f"tower.{n}": t for n, t in tower.state_dict(keep_vars=True).items()}
+    slots |= {f"projector.{n}": t for n, t in projector.state_dict(keep_vars=True).items()}
+    copy_tensors(folder, slots, target_name, "vision")
     return VisionStack(config, tower, projector, source=str(folder.resolve()))
+
+
+def load_clip_text(folder: Path, config: LlavaConfig) -> ClipText:
+    """CLIP's text tower with projection and its visual projection, from a HF-format CLIP folder."""
+    clip = build_clip_text(read_clip_config(folder, config), source=str(folder.resolve()))
+    slots = {f"text.{n}": t for n, t in clip.text.state_dict(keep_vars=True).items()}
+    slots |= {f"visual_projection.{n}": t for n, t in clip.visual_projection.state_dict(keep_vars=True).items()}
+    copy_tensors(folder, slots, clip_target_name, "CLIP text")
+    return clip

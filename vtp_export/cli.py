@@ -41,6 +41,9 @@ def export_parser() -> Parser:
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--weights", type=Path, help="local HF-format LLaVA checkpoint folder")
     weights.add_argument("--random-weights", action="store_true", help="real-size architecture, seeded random weights")
+    p.add_argument("--text-weights", type=Path,
+                   help="text-conditioned methods: HF-format CLIP folder with the text tower (default: the clip/ "
+                        "subfolder of --weights, else the model's CLIP in the offline HF cache)")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights and verification images (default 0)")
     p.add_argument("--method-opt", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="method option, repeatable (see: vtp-export methods)")
@@ -60,7 +63,7 @@ def run_export(argv: Sequence[str]) -> int:
     args = export_parser().parse_args(argv)
     request = ExportRequest(
         model=args.model, method=args.method, target=args.target, keep=args.keep,
-        method_options=dict(args.method_opt), out=args.out, weights=args.weights,
+        method_options=dict(args.method_opt), out=args.out, weights=args.weights, text_weights=args.text_weights,
         random_weights=args.random_weights, seed=args.seed, batch=args.batch,
         dynamic_batch=args.dynamic_batch, verify_samples=args.verify_samples, tensorrt_check=args.tensorrt_check,
     )
@@ -71,22 +74,24 @@ def run_export(argv: Sequence[str]) -> int:
 
 def summary(out: Path) -> str:
     record = json.loads((out / CONFIG_JSON).read_text())
-    graph, check = record["graph"], record["verification"]
-    shapes = "  ".join(f"{v['name']} {v['shape']}" for v in graph["outputs"])
-    lines = [
-        f"wrote {out}",
-        f"  {graph['file']}: {graph['nodes']} nodes, opset {graph['opset']}, {shapes}",
-        f"  verified on {check['samples']} random batches: token_index {check['token_index']}, "
-        f"image_embeds max |diff| {check['image_embeds_max_abs_diff']:.2e}",
-    ]
-    parser = record.get("tensorrt_parser")
-    if parser is not None:
-        if parser["checked"]:
+    lines = [f"wrote {out}"]
+    for graph in record["graphs"].values():
+        check = graph["verification"]
+        shapes = "  ".join(f"{v['name']} {v['shape']}" for v in graph["outputs"])
+        diffs = ", ".join(f"{name} max |diff| {value:.2e}" for name, value in check["max_abs_diff"].items())
+        selection = f"token_index {check['selection']}, " if "selection" in check else ""
+        lines += [
+            f"  {graph['file']}: {graph['nodes']} nodes, opset {graph['opset']}, {shapes}",
+            f"    verified on {check['samples']} random batches: {selection}{diffs}",
+        ]
+        parser = graph.get("tensorrt_parser")
+        if parser is not None and parser["checked"]:
             built = ", engine built (CPU-only builder)" if parser.get("engine_built") else ""
-            lines.append(f"  TensorRT ONNX parser ({parser['parser']}): accepted, {parser['layers']} layers{built}")
-        else:
-            lines.append(f"  TensorRT ONNX parser: not checked ({parser['reason']})")
-        lines.append(f"  build the engine on the device: bash {out / record['device_build']['script']}")
+            lines.append(f"    TensorRT ONNX parser ({parser['parser']}): accepted, {parser['layers']} layers{built}")
+        elif parser is not None:
+            lines.append(f"    TensorRT ONNX parser: not checked ({parser['reason']})")
+    if "device_build" in record:
+        lines.append(f"  build the engines on the device: bash {out / record['device_build']['script']}")
     return "\n".join(lines)
 
 
@@ -101,10 +106,12 @@ def run_listing(command: str, argv: Sequence[str]) -> int:
         from vtp_export.methods import METHODS
 
         for name, method in METHODS.items():
-            print(f"{name:10} {method.summary}\n{'':10} reference: {method.reference}")
+            conditioning = "text-conditioned (question -> text.onnx)" if method.text_conditioned else "image only"
+            print(f"{name:13} {method.summary}\n{'':13} {conditioning}; reference: {method.reference}")
             for option in method.options:
                 default = "derived" if option.default is None else option.default
-                print(f"{'':10} --method-opt {option.name}=<{option.type.__name__}> (default {default}): {option.help}")
+                kind = "|".join(map(str, option.choices)) if option.choices else option.type.__name__
+                print(f"{'':13} --method-opt {option.name}=<{kind}> (default {default}): {option.help}")
     else:
         from vtp_export.targets import TARGETS
 

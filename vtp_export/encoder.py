@@ -3,7 +3,8 @@
 Layers before the feature layer run as HF defines them (fused SDPA attention). The feature layer is
 re-stated here so that the one attention row the methods need, the CLS query against all keys, is
 computed from the same q/k projections in float32 without materialising any full attention map.
-Layers after the feature layer are not part of the graph.
+Layers after the feature layer are not part of the graph, except the next layer's q/k projections for
+methods that score by them (PruMerge).
 """
 
 import torch
@@ -11,8 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
+from vtp_export.errors import ExportError
+from vtp_export.graph_io import TEXT_CONDITIONED_VISION_INPUTS, VISION_INPUTS
 from vtp_export.methods.base import PruningMethod, VisionFeatures
-from vtp_export.models import VisionStack
+from vtp_export.models import ClipText, VisionStack
 
 
 def run_feature_layer(layer: CLIPEncoderLayer, x: Tensor, with_attention: bool) -> VisionFeatures:
@@ -31,6 +34,15 @@ def run_feature_layer(layer: CLIPEncoderLayer, x: Tensor, with_attention: bool) 
     return VisionFeatures(hidden=x, cls_attention=torch.softmax(cls_logits, dim=-1).squeeze(2), keys=k)
 
 
+def full_width_cls_attention(layer: CLIPEncoderLayer, hidden: Tensor) -> tuple[Tensor, Tensor]:
+    """The CLS row of `layer`'s q/k taken as one head of the full width: ((B, 1+N) float32, keys (B, 1+N, C))."""
+    h = layer.layer_norm1(hidden)
+    q_cls = layer.self_attn.q_proj(h[:, :1]).float()
+    keys = layer.self_attn.k_proj(h)
+    logits = (q_cls @ keys.float().transpose(-1, -2)) * hidden.shape[-1] ** -0.5
+    return torch.softmax(logits, dim=-1).squeeze(1), keys
+
+
 class PrunedVisionEncoder(nn.Module):
     """pixel_values (B, 3, H, W) -> image_embeds (B, K, D_llm), token_index (B, K)."""
 
@@ -44,13 +56,58 @@ class PrunedVisionEncoder(nn.Module):
         self.feature_layer = tower.encoder.layers[feature_layer]
         self.projector = stack.projector
         self.method = method
+        if method.uses_next_layer:
+            if feature_layer + 1 >= len(tower.encoder.layers):
+                raise ExportError(f"method {method.name} scores with the layer after the feature layer; "
+                                  "this checkpoint's feature layer is its last")
+            self.next_layer = tower.encoder.layers[feature_layer + 1]
+        if method.text_conditioned:
+            if stack.clip is None:
+                raise ExportError(f"method {method.name} is text-conditioned but no CLIP text side was loaded")
+            self.post_layernorm = tower.post_layernorm
+            self.visual_projection = stack.clip.visual_projection
+        self.input_names = TEXT_CONDITIONED_VISION_INPUTS if method.text_conditioned else VISION_INPUTS
         self.eval()
 
-    def features(self, pixel_values: Tensor) -> VisionFeatures:
+    def features(self, pixel_values: Tensor, text_embeds: Tensor | None = None) -> VisionFeatures:
         x = self.pre_layrnorm(self.embeddings(pixel_values))
         for layer in self.layers:
             x = layer(x, None)
-        return run_feature_layer(self.feature_layer, x, self.method.uses_attention)
+        return self.method_inputs(run_feature_layer(self.feature_layer, x, self.method.uses_attention), text_embeds)
 
-    def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
-        return self.method(self.features(pixel_values), self.projector)
+    def method_inputs(self, features: VisionFeatures, text_embeds: Tensor | None) -> VisionFeatures:
+        """Add what the method needs beyond the feature layer: the next layer's scores, CLIP's joint space."""
+        if self.method.uses_next_layer:
+            features.next_cls_attention, features.next_keys = full_width_cls_attention(self.next_layer, features.hidden)
+        if self.method.text_conditioned:
+            features.clip_patch_embeds = self.visual_projection(self.post_layernorm(features.patches))
+            features.text_embeds = text_embeds
+        return features
+
+    def forward(self, pixel_values: Tensor, text_embeds: Tensor | None = None) -> tuple[Tensor, ...]:
+        return self.method(self.features(pixel_values, text_embeds), self.projector)
+
+
+class ClipTextEncoder(nn.Module):
+    """input_ids (B, L) int64 -> text_embeds (B, P): CLIP's text tower and projection, pooled at the EOS.
+
+    The text tower is causal, so ids after the EOS (padding up to L) cannot change the pooled embedding.
+    Pooling is re-stated as a Gather: HF indexes with arange(batch), a shape-valued op that keeps a
+    dynamic-batch graph from being statically checked.
+    """
+
+    def __init__(self, clip: ClipText) -> None:
+        super().__init__()
+        self.text_model = clip.text.text_model
+        self.text_projection = clip.text.text_projection
+        self.eos_token_id = clip.config.text_config.eos_token_id
+        self.eval()
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        hidden = self.text_model(input_ids=input_ids).last_hidden_state
+        if self.eos_token_id == 2:  # configs from before transformers PR #24773: EOS is the largest id
+            eos = input_ids.to(torch.int32).argmax(dim=-1)
+        else:  # the first EOS (padding may repeat it)
+            eos = (input_ids == self.eos_token_id).to(torch.int32).argmax(dim=-1)
+        pooled = hidden.gather(1, eos.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])).squeeze(1)
+        return self.text_projection(pooled)

@@ -16,20 +16,26 @@ import transformers
 from transformers import LlavaConfig
 
 from vtp_export import __version__
-from vtp_export.checkpoint import load_checkpoint, locate_weights, read_llava_config
-from vtp_export.encoder import PrunedVisionEncoder
+from vtp_export.checkpoint import (
+    load_checkpoint, load_clip_text, locate_clip_weights, locate_weights, read_clip_config, read_llava_config,
+)
+from vtp_export.encoder import ClipTextEncoder, PrunedVisionEncoder
 from vtp_export.errors import UsageError
-from vtp_export.graph_io import CONFIG_JSON, PRODUCER, VISION_INPUTS, VISION_ONNX, VISION_OUTPUTS
+from vtp_export.graph_io import (
+    CONFIG_JSON, INPUT_IDS, PRODUCER, TEXT_EMBEDS, TEXT_INPUTS, TEXT_ONNX, TEXT_OUTPUTS, VISION_ONNX,
+)
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import PruningMethod
-from vtp_export.models import MODELS, geometry_of, random_vision_stack
+from vtp_export.models import MODELS, geometry_of, random_clip_text, random_vision_stack
 from vtp_export.onnx_export import export_onnx
 from vtp_export.output_folder import check_writable, staged_folder
 from vtp_export.recipe import BUILD_SCRIPT, write_build_script
 from vtp_export.signature import graph_signature
 from vtp_export.targets import TARGETS
 from vtp_export.tensorrt_check import check_with_tensorrt_parser
-from vtp_export.verify import Outputs, compare_with_onnxruntime, torch_outputs, verification_inputs
+from vtp_export.verify import (
+    Arrays, compare_with_onnxruntime, random_input_ids, torch_outputs, verification_inputs,
+)
 
 MAX_DYNAMIC_BATCH = 64
 TENSORRT_CHECKS = ("parse", "build")
@@ -46,12 +52,24 @@ class ExportRequest:
     method_options: dict[str, str] = field(default_factory=dict)
     out: Path | None = None
     weights: Path | None = None
+    text_weights: Path | None = None  # CLIP folder for text-conditioned methods
     random_weights: bool = False
     seed: int = 0
     batch: int = 1
     dynamic_batch: bool = False
     verify_samples: int = 3
     tensorrt_check: str = "parse"  # "build" also builds an engine with the CPU-only builder
+
+
+@dataclass
+class WrittenGraph:
+    """One exported graph and what its verification needs; the torch module is gone by then."""
+
+    role: str  # "vision" or "text"
+    path: Path
+    inputs: list[Arrays]
+    expected: list[Arrays]
+    exact_selection: bool = True
 
 
 def default_out(request: ExportRequest, keep: int) -> Path:
@@ -69,61 +87,97 @@ def export(request: ExportRequest, progress: Progress = lambda _: None) -> Path:
         raise UsageError("--verify-samples must be at least 1")
     if request.tensorrt_check not in TENSORRT_CHECKS:
         raise UsageError(f"--tensorrt-check {request.tensorrt_check!r} is not one of {', '.join(TENSORRT_CHECKS)}")
+    if request.text_weights is not None and not method_class.text_conditioned:
+        raise UsageError(f"--text-weights is for text-conditioned methods; {request.method} is not one")
     folder = locate_weights(spec, request.weights, request.random_weights)
     config = spec.make_config() if folder is None else read_llava_config(folder)
     method = method_class.create(geometry_of(config), request.keep, request.method_options)
+    clip_folder = None
+    if method.text_conditioned:
+        clip_folder = locate_clip_weights(spec, request.text_weights, folder, request.random_weights)
+        if clip_folder is not None:
+            read_clip_config(clip_folder, config)
     out = request.out or default_out(request, method.keep)
     check_writable(out)
 
     with staged_folder(out) as stage:
-        onnx_path = stage / VISION_ONNX
-        record, inputs, expected = write_graph(request, config, folder, method, onnx_path, target.opset, progress)
-        # The torch weights are gone with write_graph's frame: onnxruntime and TensorRT get that memory.
-        progress(f"verifying onnxruntime against PyTorch on {len(inputs)} random batches")
-        start = time.perf_counter()
-        record["verification"] = compare_with_onnxruntime(onnx_path, inputs, expected)
-        record["timings"]["verify_s"] = round(time.perf_counter() - start, 2)
-        record["graph"] = graph_record(stage, onnx_path, request.dynamic_batch)
+        record, graphs = write_graphs(request, config, folder, clip_folder, method, stage, target.opset, progress)
+        # The torch weights are gone with write_graphs' frame: onnxruntime and TensorRT get that memory.
+        record["graphs"] = {}
+        for graph in graphs:
+            progress(f"verifying {graph.path.name} in onnxruntime against PyTorch on {len(graph.inputs)} random batches")
+            start = time.perf_counter()
+            entry = graph_record(stage, graph.path, request.dynamic_batch)
+            entry["verification"] = compare_with_onnxruntime(
+                graph.path, graph.inputs, graph.expected, exact_selection=graph.exact_selection)
+            record["timings"][f"verify_{graph.role}_s"] = round(time.perf_counter() - start, 2)
+            if target.uses_tensorrt:
+                progress(f"checking {graph.path.name} with the TensorRT ONNX parser ({request.tensorrt_check})")
+                start = time.perf_counter()
+                entry["tensorrt_parser"] = check_with_tensorrt_parser(graph.path, request.tensorrt_check == "build")
+                record["timings"][f"tensorrt_check_{graph.role}_s"] = round(time.perf_counter() - start, 2)
+            record["graphs"][graph.role] = entry
         record["target"] = target.as_record()
         if target.uses_tensorrt:
-            progress(f"checking the graph with the TensorRT ONNX parser ({request.tensorrt_check})")
-            start = time.perf_counter()
-            record["tensorrt_parser"] = check_with_tensorrt_parser(onnx_path, request.tensorrt_check == "build")
-            record["timings"]["tensorrt_check_s"] = round(time.perf_counter() - start, 2)
-            pixel_shape = record["graph"]["inputs"][0]["shape"]
-            command = write_build_script(stage, target, pixel_shape, request.dynamic_batch, MAX_DYNAMIC_BATCH)
-            record["device_build"] = {"script": BUILD_SCRIPT, "command": command}
+            shapes = {graph.path.name: record["graphs"][graph.role]["inputs"] for graph in graphs}
+            commands = write_build_script(stage, target, shapes, request.dynamic_batch, MAX_DYNAMIC_BATCH)
+            record["device_build"] = {"script": BUILD_SCRIPT, "commands": commands}
         (stage / CONFIG_JSON).write_text(json.dumps(record, indent=2) + "\n")
     return out
 
 
-def write_graph(request: ExportRequest, config: LlavaConfig, folder: Path | None, method: PruningMethod,
-                onnx_path: Path, opset: int, progress: Progress) -> tuple[dict, list[torch.Tensor], list[Outputs]]:
-    """Load the weights, export the graph, and return what verification needs: the inputs and torch outputs."""
+def write_graphs(request: ExportRequest, config: LlavaConfig, folder: Path | None, clip_folder: Path | None,
+                 method: PruningMethod, stage: Path, opset: int, progress: Progress) -> tuple[dict, list[WrittenGraph]]:
+    """Load the weights, export the graphs, and return what verification needs: the inputs and torch outputs."""
     start = time.perf_counter()
     progress(f"loading {request.model} weights from {folder or f'random init (seed {request.seed})'}")
     stack = random_vision_stack(config, request.seed) if folder is None else load_checkpoint(folder, config)
+    if method.text_conditioned:
+        progress(f"loading CLIP's text side from {clip_folder or f'random init (seed {request.seed})'}")
+        clip_config = MODELS.get(request.model).make_clip_config() if clip_folder is None else None
+        stack.clip = (random_clip_text(clip_config, request.seed) if clip_folder is None
+                      else load_clip_text(clip_folder, config))
     encoder = PrunedVisionEncoder(stack, method)
-    inputs = verification_inputs(stack.geometry, request.batch, request.verify_samples, seed=request.seed + 1)
-    expected = torch_outputs(encoder, inputs)
+    vision_inputs = verification_inputs(stack.geometry, request.batch, request.verify_samples, seed=request.seed + 1)
+    graphs = []
+    if method.text_conditioned:
+        text_encoder = ClipTextEncoder(stack.clip)
+        text_inputs = [{INPUT_IDS: random_input_ids(request.batch, stack.clip.max_length,
+                                                    stack.clip.config.text_config.vocab_size, request.seed + i)}
+                       for i in range(request.verify_samples)]
+        text_expected = torch_outputs(text_encoder, text_inputs, TEXT_OUTPUTS)
+        for sample, text in zip(vision_inputs, text_expected):
+            sample[TEXT_EMBEDS] = text[TEXT_EMBEDS]
+        graphs.append(WrittenGraph("text", stage / TEXT_ONNX, text_inputs, text_expected))
+    vision_expected = torch_outputs(encoder, vision_inputs, method.output_names)
+    graphs.insert(0, WrittenGraph("vision", stage / VISION_ONNX, vision_inputs, vision_expected, method.exact_selection))
     load_s = round(time.perf_counter() - start, 2)
 
     progress(f"exporting {method.name} keep={method.keep} to ONNX (opset {opset})")
     start = time.perf_counter()
     with torch.no_grad():
-        export_onnx(encoder, (inputs[0],), onnx_path, VISION_INPUTS, VISION_OUTPUTS, opset, request.dynamic_batch)
+        vision_example = tuple(torch.from_numpy(a) for a in vision_inputs[0].values())
+        export_onnx(encoder, vision_example, graphs[0].path, encoder.input_names, method.output_names, opset,
+                    request.dynamic_batch)
+        if method.text_conditioned:
+            export_onnx(text_encoder, (torch.from_numpy(text_inputs[0][INPUT_IDS]),), graphs[1].path, TEXT_INPUTS,
+                        TEXT_OUTPUTS, opset, request.dynamic_batch)
     record = {
         "producer": PRODUCER,
         "vtp_export_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"name": request.model, "weights": stack.source, "geometry": asdict(stack.geometry),
                   "vision_parameters_bytes_fp32": stack.parameter_bytes()},
-        "method": {"name": method.name, "reference": method.reference, "options": method.recorded_options()},
+        "method": {"name": method.name, "reference": method.reference, "options": method.recorded_options(),
+                   "text_conditioned": method.text_conditioned, "exact_selection": method.exact_selection},
         "keep": method.keep,
         "versions": versions(),
         "timings": {"load_and_reference_s": load_s, "export_s": round(time.perf_counter() - start, 2)},
     }
-    return record, inputs, expected
+    if method.text_conditioned:
+        record["model"]["text_weights"] = stack.clip.source
+        record["model"]["text_max_length"] = stack.clip.max_length
+    return record, graphs
 
 
 def sha256(path: Path) -> str:

@@ -10,9 +10,19 @@ from pathlib import Path
 import onnx
 
 GRAPHS_DIR = Path(__file__).resolve().parent.parent / "graphs"
-# Every registered method has a golden signature for this model at this keep (`none` at its own N).
+# Every registered method has a golden signature for this model at this keep (`none` at its own N),
+# and so do the method variants whose graphs differ in structure.
 GOLDEN_MODEL = "llava15-tiny"
 GOLDEN_KEEP = 64
+GOLDEN_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "holov-paper": ("holov", {"variant": "paper"}),
+    "trim-iqr": ("trim", {"count": "iqr"}),
+}
+
+
+def golden_exports(methods: list[str]) -> dict[str, tuple[str, dict[str, str]]]:
+    """Golden name -> (method, method options), for the registered `methods` and the variants above."""
+    return {name: (name, {}) for name in methods} | GOLDEN_VARIANTS
 
 
 def value_signature(value: onnx.ValueInfoProto) -> dict:
@@ -34,6 +44,11 @@ def graph_signature(path: Path) -> dict:
 
 def golden_path(model: str, method: str, keep: int) -> Path:
     return GRAPHS_DIR / model / f"{method}-k{keep}.json"
+
+
+def golden_text_path(model: str) -> Path:
+    """The text graph of text-conditioned methods: the same for every method and keep."""
+    return GRAPHS_DIR / model / "clip-text.json"
 
 
 def write_signature(signature: dict, path: Path) -> None:

@@ -1,10 +1,15 @@
 """Random VisionFeatures and a real LLaVA projector for method tests."""
 
+from dataclasses import fields
+
 import torch
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from vtp_export.methods.base import VisionFeatures
 from vtp_export.models import Geometry, geometry_of, llava15_tiny_config
+
+
+CLIP_WIDTH = 16  # llava15-tiny's CLIP joint embedding width
 
 
 def tiny_geometry(image_size: int = 336) -> Geometry:
@@ -23,8 +28,17 @@ def random_features(geometry: Geometry, batch: int = 2, seed: int = 0, peaked: b
     logits = torch.randn(batch, heads, length, generator=g)
     if peaked:
         logits[:, :, 1:40] += 8.0
+    width = geometry.vision_width
     return VisionFeatures(
-        hidden=torch.randn(batch, length, geometry.vision_width, generator=g),
+        hidden=torch.randn(batch, length, width, generator=g),
         cls_attention=torch.softmax(logits, dim=-1),
         keys=torch.randn(batch, heads, length, geometry.head_dim, generator=g),
+        next_cls_attention=torch.softmax(torch.randn(batch, length, generator=g) * 2, dim=-1),
+        next_keys=torch.randn(batch, length, width, generator=g),
+        clip_patch_embeds=torch.randn(batch, length - 1, CLIP_WIDTH, generator=g),
+        text_embeds=torch.randn(batch, CLIP_WIDTH, generator=g),
     )
+
+
+def batch_item(features: VisionFeatures, index: int) -> VisionFeatures:
+    return VisionFeatures(**{f.name: getattr(features, f.name)[index:index + 1] for f in fields(features)})

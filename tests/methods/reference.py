@@ -115,3 +115,163 @@ def divprune(projected: Tensor, keep: int) -> tuple[Tensor, Tensor]:
         positions.append(chosen + 1)
     return torch.stack(tokens), torch.stack(positions)
 
+
+
+def _prumerge_complement(idx: Tensor, n: int) -> Tensor:
+    """The official complement_idx: sort an arange with the listed positions zeroed, cut len(idx) entries."""
+    masked = torch.arange(n).expand(idx.shape[0], -1).scatter(-1, idx, 0)
+    return masked.sort(dim=-1).values[:, idx.shape[-1]:]
+
+
+def prumerge(hidden: Tensor, q: Tensor, k: Tensor, kept: int, lattice: list[int] | None = None) -> tuple[Tensor, Tensor]:
+    """hidden (B, 1+N, C) feature-layer output; q, k (B, 1+N, C) next layer's q_proj/k_proj outputs.
+
+    `lattice`: PruMerge+'s non-adaptive spatial positions, appended without de-duplication.
+    """
+    features = hidden[:, 1:]
+    batch, n, width = features.shape
+    attn = torch.softmax((q @ k.transpose(-2, -1)) * width ** -0.5, dim=-1)[:, 0, 1:]
+    _, idx = torch.topk(attn, kept, dim=1, largest=True)
+    if lattice is not None:
+        idx = torch.cat([idx, torch.tensor(lattice).expand(batch, -1)], dim=1)
+    keys = k[:, 1:]
+    x_others = torch.gather(features, 1, idx.unsqueeze(-1).expand(-1, -1, width))
+    x_others_attn = torch.gather(attn, 1, idx)
+    keys_others = torch.nn.functional.normalize(torch.gather(keys, 1, idx.unsqueeze(-1).expand(-1, -1, width)), dim=-1)
+    compl = _prumerge_complement(idx, n)
+    non_topk = torch.gather(features, 1, compl.unsqueeze(-1).expand(-1, -1, width))
+    non_topk_keys = torch.nn.functional.normalize(torch.gather(keys, 1, compl.unsqueeze(-1).expand(-1, -1, width)), dim=-1)
+    non_topk_attn = torch.gather(attn, 1, compl)
+    updated = torch.zeros_like(x_others)
+    for b in range(batch):
+        for i in range(idx.shape[1]):
+            rest_x = torch.cat([x_others[b, :i], x_others[b, i + 1:], non_topk[b]])
+            rest_attn = torch.cat([x_others_attn[b, :i], x_others_attn[b, i + 1:], non_topk_attn[b]])
+            rest_keys = torch.cat([keys_others[b, :i], keys_others[b, i + 1:], non_topk_keys[b]])
+            cluster = torch.topk(keys_others[b, i] @ rest_keys.T, k=min(32, len(rest_keys))).indices
+            updated[b, i] = x_others[b, i] + (rest_x[cluster] * rest_attn[cluster].unsqueeze(-1)).sum(dim=0)
+    extra = (non_topk * non_topk_attn.unsqueeze(-1)).sum(dim=1, keepdim=True)
+    positions = torch.cat([idx + 1, torch.full((batch, 1), -1)], dim=1)
+    return torch.cat([updated, extra], dim=1), positions
+
+
+def vispruner(patches: Tensor, attention: Tensor, keep: int, important_ratio: float = 0.5) -> Tensor:
+    """patches (B, N, C) pre-projector, attention (B, N) CLS attention mean over heads -> kept positions (B, keep).
+
+    The official loop; for an odd residual list it keeps every unpaired `a` candidate (the official code
+    expands to R // 2 - r rows there and fails). Exact float ties of scores (they occur: hundreds of
+    cosines per round) go to the lower list position, as the spec's tie rule says; argsort alone is unstable.
+    """
+    batch = patches.shape[0]
+    important = int(keep * important_ratio)
+    diverse = keep - important
+    order = attention.argsort(dim=-1, descending=True, stable=True)
+    important_indices, residual = order[:, :important], order[:, important:]
+    normalized = patches / patches.norm(dim=-1, keepdim=True)
+    rows = torch.arange(batch).unsqueeze(-1)
+    while diverse > 0:
+        r = min(8, residual.shape[1] - diverse)
+        if r <= 0:
+            break
+        tokens = normalized[rows, residual]
+        a, b = tokens[:, ::2], tokens[:, 1::2]
+        scores = (a @ b.transpose(-1, -2)).max(dim=-1).values
+        distinct = scores.argsort(dim=-1, descending=True, stable=True)[:, r:]
+        residual = torch.cat([residual[:, ::2][rows, distinct], residual[:, 1::2]], dim=-1)
+    selected = torch.cat([important_indices, residual], dim=-1) if diverse > 0 else important_indices
+    return selected.sort(dim=-1).values + 1
+
+
+def trim(patches: Tensor, image_embeds: Tensor, text_embeds: Tensor, kept: int | None) -> tuple[list[Tensor], list[Tensor]]:
+    """patches (B, N, C) pre-projector; image_embeds (B, N, P) CLIP patch embeddings; text_embeds (B, P).
+
+    kept=None: the official IQR count (k = -1), per image. Returns per image (tokens (n+1, C), positions).
+    """
+    import numpy as np
+
+    tokens, positions = [], []
+    for b in range(patches.shape[0]):
+        similarities = torch.softmax(-(image_embeds[b] @ text_embeds[b]), dim=-1)
+        n = patches.shape[1]
+        if kept is None:
+            values = similarities.numpy()
+            q1, q3 = np.percentile(values, 25), np.percentile(values, 75)
+            count = int(n * (len(np.where(values > q3 + 1.5 * (q3 - q1))[0]) / n))
+        else:
+            count = kept
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[torch.topk(similarities, count, sorted=False).indices] = True
+        remaining = patches[b][~mask].mean(dim=0, keepdim=True)
+        tokens.append(torch.cat([patches[b][mask], remaining]))
+        positions.append(torch.cat([mask.nonzero().squeeze(1) + 1, torch.tensor([-1])]))
+    return tokens, positions
+
+
+def cdpruner(projected: Tensor, image_embeds: Tensor, text_embeds: Tensor, keep: int) -> tuple[Tensor, Tensor]:
+    """projected (B, N, D) post-projector; image_embeds (B, N, P), text_embeds (B, P). One image at a time
+    (the official batch-wide min-max equals per-image at batch 1)."""
+    tokens, positions = [], []
+    for b in range(projected.shape[0]):
+        features = projected[b:b + 1]
+        normalized = (features / features.norm(dim=-1, keepdim=True)).float()
+        similarity = normalized @ normalized.transpose(1, 2)
+        image = image_embeds[b:b + 1] / image_embeds[b:b + 1].norm(dim=-1, keepdim=True)
+        text = text_embeds[b:b + 1] / text_embeds[b:b + 1].norm(dim=-1, keepdim=True)
+        relevance = (-(image @ text.t())).mean(dim=-1)
+        relevance = (relevance - relevance.min() + 1e-6) / (relevance.max() - relevance.min())
+        kernel = relevance.unsqueeze(2) * similarity * relevance.unsqueeze(1)
+        n = kernel.shape[1]
+        cis = torch.zeros(keep, 1, n)
+        di2s = torch.diagonal(kernel, dim1=1, dim2=2).clone()
+        select = torch.empty(keep, 1, dtype=torch.long)
+        for i in range(keep):
+            j = torch.argmax(di2s, dim=-1)
+            select[i] = j
+            eis = (kernel[torch.arange(1), j] - torch.einsum('tb,tbn->bn', cis[:i, torch.arange(1), j], cis[:i])) \
+                / torch.sqrt(di2s[torch.arange(1), j]).unsqueeze(-1)
+            cis[i] = eis
+            di2s -= torch.square(eis)
+            di2s[torch.arange(1), j] = -float('inf')
+        chosen = torch.sort(select.t()).values[0]
+        tokens.append(features[0, chosen])
+        positions.append(chosen + 1)
+    return torch.stack(tokens), torch.stack(positions)
+
+
+def holov_paper(projected: Tensor, attention: Tensor, keep: int, side: int, tau: float,
+                eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """HoloV eq. 1-5 as methods-spec.md states them, one image and one crop at a time."""
+    batch, n, _ = projected.shape
+    grid = int(n ** 0.5)
+    edges = [i * grid // side for i in range(side + 1)]
+    crops = [torch.tensor([r * grid + c for r in range(edges[i], edges[i + 1]) for c in range(edges[j], edges[j + 1])])
+             for i in range(side) for j in range(side)]
+    out_tokens, out_positions = [], []
+    for b in range(batch):
+        holistic, crop_scores = torch.zeros(n), []
+        for members in crops:
+            m = len(members)
+            tokens, attn = projected[b, members], attention[b, members] * 1e3
+            f = tokens / (tokens.norm(dim=1, keepdim=True) + eps)
+            s = (f @ f.T) * (1 - torch.eye(m))
+            mean = s.sum(dim=1) / max(m - 1, 1)
+            variance = ((s - mean.unsqueeze(1)) ** 2).sum(dim=1) / max(m - 1, 1)
+            gamma = attn.abs().mean() / (variance.abs().mean() + eps)
+            holistic[members] = attn + 0.09 * gamma * variance
+            crop_scores.append(holistic[members].mean() if m > 1 else attention[b, members].mean())
+        weights = torch.softmax(torch.stack(crop_scores) / tau, dim=0)
+        sizes = torch.tensor([float(len(c)) for c in crops])
+        quota = torch.minimum(torch.floor(weights * keep), sizes)
+        for _ in range(len(crops)):
+            room = weights * (sizes - quota)
+            quota = torch.minimum(quota + torch.floor((keep - quota.sum()) * room / max(float(room.sum()), eps)), sizes)
+        chosen = torch.zeros(n, dtype=torch.bool)
+        for members, q in zip(crops, quota.long().tolist()):
+            ranked = sorted(range(len(members)), key=lambda i: (-float(holistic[members[i]]), i))
+            chosen[members[ranked[:q]]] = True
+        undecided = sorted((p for p in range(n) if not chosen[p]), key=lambda p: (-float(holistic[p]), p))
+        chosen[undecided[:keep - int(quota.sum())]] = True
+        positions = chosen.nonzero().squeeze(1)
+        out_tokens.append(projected[b, positions])
+        out_positions.append(positions + 1)
+    return torch.stack(out_tokens), torch.stack(out_positions)

@@ -4,4 +4,6 @@ from vtp_export.registry import Registry
 
 METHODS: Registry[type] = Registry("method")
 
-from vtp_export.methods import baselines, divprune, fastervlm, holov, none, visionzip  # noqa: E402,F401
+from vtp_export.methods import (  # noqa: E402,F401
+    baselines, cdpruner, divprune, fastervlm, holov, none, prumerge, trim, vispruner, visionzip,
+)

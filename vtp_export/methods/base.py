@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from vtp_export.errors import UsageError
+from vtp_export.graph_io import VISION_OUTPUTS
 from vtp_export.models import Geometry
 
 
@@ -17,6 +18,12 @@ class VisionFeatures:
     hidden: Tensor  # (B, 1+N, C): feature-layer output, CLS first (LLaVA's hidden_states[-2])
     cls_attention: Tensor | None  # (B, H, 1+N) float32: the CLS row of the feature layer's softmax attention
     keys: Tensor | None  # (B, H, 1+N, d_h): the feature layer's k_proj output (bias included, unscaled)
+    # The next layer's q_proj/k_proj on layer_norm1(hidden) taken as one full-width head (PruMerge):
+    next_cls_attention: Tensor | None = None  # (B, 1+N) float32: softmax(q_cls . K^T / sqrt(C))
+    next_keys: Tensor | None = None  # (B, 1+N, C)
+    # Text-conditioned methods: CLIP's joint embedding space.
+    clip_patch_embeds: Tensor | None = None  # (B, N, P): visual_projection(post_layernorm(patches)), unnormalised
+    text_embeds: Tensor | None = None  # (B, P): CLIP text tower + text_projection of the question, unnormalised
 
     @property
     def patches(self) -> Tensor:
@@ -51,7 +58,8 @@ class PruningMethod(nn.Module):
     """Maps VisionFeatures to (image_embeds (B, K, D_llm), token_index (B, K) int64) with static shapes.
 
     token_index holds the encoder-sequence position of each output token's source: CLS = 0, patches 1..N,
-    the anchor for a merged token, -1 where there is none (padding).
+    the anchor for a merged token, -1 where there is none (padding or a token merged from many).
+    A method with a data-dependent count also returns num_valid (B,): its real tokens fill the first slots.
     """
 
     name: ClassVar[str]
@@ -60,6 +68,11 @@ class PruningMethod(nn.Module):
     options: ClassVar[tuple[MethodOption, ...]] = ()
     uses_attention: ClassVar[bool] = True  # needs the CLS attention row (and keys) of the feature layer
     projects_all_tokens: ClassVar[bool] = False  # selects on projector outputs, so projects all N tokens first
+    uses_next_layer: ClassVar[bool] = False  # needs next_cls_attention / next_keys
+    text_conditioned: ClassVar[bool] = False  # needs text_embeds (a text graph input) and clip_patch_embeds
+    # False where float noise between backends legitimately changes the kept set (chaotic tie structure):
+    # verification then measures set overlap instead of requiring identical indices.
+    exact_selection: ClassVar[bool] = True
 
     def __init__(self, geometry: Geometry, keep: int, **options: Any) -> None:
         super().__init__()
@@ -93,7 +106,12 @@ class PruningMethod(nn.Module):
         keep = cls.output_tokens(geometry, keep)
         return cls(geometry, keep, **cls.parse_options(raw_options))
 
-    def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return VISION_OUTPUTS
+
+    def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, ...]:
+        """One tensor per name in output_names."""
         raise NotImplementedError
 
     def recorded_options(self) -> dict[str, Any]:

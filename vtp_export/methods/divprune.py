@@ -1,6 +1,7 @@
 """DivPrune: greedy max-min diversity over projected tokens with distance 1 - cosine.
 
-Reference: vbdi/divprune, DivPrune() (methods-spec.md, "DivPrune"). Parity: tests/methods/test_parity.py.
+Reference: vbdi/divprune@799e2d9, DivPrune() (methods-spec.md, "DivPrune").
+Parity: tests/methods/test_parity.py::test_divprune.
 The greedy loop has a fixed length (keep), so it is unrolled: keep ArgMax/Gather/Min steps.
 """
 
@@ -16,7 +17,7 @@ from vtp_export.methods.ops import gather_rows, sorted_ascending
 class DivPrune(PruningMethod):
     name = "divprune"
     summary = "greedy max-min diversity (1 - cosine) over projected tokens, raster order"
-    reference = "vbdi/divprune DivPrune()"
+    reference = "vbdi/divprune@799e2d9 DivPrune()"
     projects_all_tokens = True
     uses_attention = False
 

@@ -1,6 +1,7 @@
 """FasterVLM: the top-k patches by [CLS] attention of the feature layer (mean over heads), raster order.
 
-Reference: Theia-4869/FasterVLM (methods-spec.md, "FasterVLM"). Parity: tests/methods/test_fastervlm.py.
+Reference: Theia-4869/FasterVLM@f5d5f12 (methods-spec.md, "FasterVLM").
+Parity: tests/methods/test_parity.py::test_fastervlm.
 """
 
 from torch import Tensor, nn
@@ -14,7 +15,7 @@ from vtp_export.methods.ops import gather_rows, sorted_ascending, top_indices
 class FasterVLM(PruningMethod):
     name = "fastervlm"
     summary = "top-k patches by CLS attention of the feature layer, kept in raster order, no merging"
-    reference = "Theia-4869/FasterVLM"
+    reference = "Theia-4869/FasterVLM@f5d5f12"
 
     def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
         kept = sorted_ascending(top_indices(features.patch_attention(), self.keep))

@@ -1,13 +1,22 @@
-"""HoloV (reference variant): budget split over crops of the raster sequence by a holistic crop score.
+"""HoloV: the budget split over crops by a holistic crop score (attention + similarity variance).
 
 Reference: obananas/HoloV @1d2e65e, llava/model/utils.py::HoloV (methods-spec.md, "HoloV").
-Parity: tests/methods/test_holov.py.
+Parity: tests/methods/test_parity.py::test_holov (reference), ::test_holov_paper (paper).
 
+variant=reference (default, as coded, what produced the published numbers): crops are 1-D chunks of the
+raster sequence, linear crop weights, top attention inside crops, zero padding when crops overflow.
 Static form of the official per-crop loop: crops are padded to a common length M, the per-crop quota
 (data-dependent, bounded by M) is applied as `rank < quota`, and the kept tokens are compacted into the
 fixed keep slots by a TopK over their output positions, then gathered. Slots left over are zero, index -1.
+
+variant=paper (eq. 1-5): 2-D square crops of the patch grid, tokens ranked by the holistic score H
+inside crops, softmax crop weights with temperature tau, overflow redistributed for a fixed number of
+rounds (q_c = min(q_c + floor(L w_c (M_c - q_c) / sum_c' w_c' (M_c' - q_c')), M_c), L what is left),
+the remaining shortfall filled by the highest-H undecided tokens. Always exactly keep tokens, raster order.
+The paper gives no tau value; the default 1.0 is ours.
 """
 
+import math
 from typing import Any
 
 import torch
@@ -25,32 +34,57 @@ ATTENTION_SCALE = 1e3
 EPS = 1e-6
 
 
-def crop_layout(num_tokens: int, crops: int) -> list[range]:
+VARIANTS = ("reference", "paper")
+
+
+def crop_layout(num_tokens: int, crops: int) -> list[list[int]]:
     """Contiguous chunks of the raster sequence; the first num_tokens % crops chunks get one extra token."""
     size, extra = divmod(num_tokens, crops)
     layout, start = [], 0
     for c in range(crops):
         length = size + (1 if c < extra else 0)
         if length:
-            layout.append(range(start, start + length))
+            layout.append(list(range(start, start + length)))
         start += length
     return layout
+
+
+def spatial_crop_layout(grid: int, side: int) -> list[list[int]]:
+    """side x side blocks of a grid x grid raster (block edges at floor(i * grid / side)), members in raster order."""
+    edges = [i * grid // side for i in range(side + 1)]
+    return [[r * grid + c for r in range(edges[i], edges[i + 1]) for c in range(edges[j], edges[j + 1])]
+            for i in range(side) for j in range(side)]
 
 
 @METHODS.register("holov")
 class HoloV(PruningMethod):
     name = "holov"
-    summary = "per-crop budget from attention + similarity-variance crop scores, top attention inside crops"
+    summary = "per-crop budget from attention + similarity-variance crop scores (reference or paper variant)"
     reference = "obananas/HoloV@1d2e65e llava/model/utils.py::HoloV"
     projects_all_tokens = True
-    options = (MethodOption("crops", int, 16, "number of crops C of the raster token sequence"),)
+    options = (
+        MethodOption("variant", str, "reference", "reference: as the official code; paper: eq. 1-5 of the paper",
+                     choices=VARIANTS),
+        MethodOption("crops", int, 16, "crops C: 1-D chunks of the raster sequence (reference), or a square "
+                     "number of 2-D blocks of the patch grid (paper)"),
+        MethodOption("tau", float, 1.0, "paper variant: temperature of the softmax crop weights"),
+    )
 
     def __init__(self, geometry: Geometry, keep: int, **options: Any) -> None:
         super().__init__(geometry, keep, **options)
-        crops = self.settings["crops"]
+        crops, self.paper = self.settings["crops"], self.settings["variant"] == "paper"
         if not 1 <= crops <= geometry.num_patches:
             raise UsageError(f"method holov: crops={crops} must be in 1..{geometry.num_patches}")
-        layout = crop_layout(geometry.num_patches, crops)
+        if self.paper:
+            side = math.isqrt(crops)
+            if side * side != crops or side > geometry.grid:
+                raise UsageError(f"method holov: variant=paper needs a square number of crops of at most "
+                                 f"{geometry.grid}x{geometry.grid}, got crops={crops}")
+            if self.settings["tau"] <= 0:
+                raise UsageError(f"method holov: tau={self.settings['tau']} must be positive")
+            layout = spatial_crop_layout(geometry.grid, side)
+        else:
+            layout = crop_layout(geometry.num_patches, crops)
         width = max(len(r) for r in layout)
         sizes = torch.tensor([len(r) for r in layout])
         self.width = width
@@ -58,9 +92,13 @@ class HoloV(PruningMethod):
         self.register_buffer("members", torch.tensor([[*r] + [r[0]] * (width - len(r)) for r in layout]), persistent=False)
         self.register_buffer("valid", torch.arange(width) < sizes.unsqueeze(1), persistent=False)
         self.register_buffer("single", sizes <= 1, persistent=False)  # the official code scores these by mean attention
+        slot_of_patch = {p: c * width + j for c, members in enumerate(layout) for j, p in enumerate(members)}
+        self.register_buffer("slot_of_patch", torch.tensor([slot_of_patch[p] for p in range(geometry.num_patches)]),
+                             persistent=False)  # flat (crop, slot) of each raster position
 
-    def crop_scores(self, tokens: Tensor, attention: Tensor) -> Tensor:
-        """(B, C, M, D) projected tokens and (B, C, M) attention of each crop -> (B, C) crop scores."""
+    def token_scores(self, tokens: Tensor, attention: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, C, M, D) projected tokens and (B, C, M) attention of each crop -> holistic token scores H
+        (B, C, M) and crop scores (B, C): mean H, mean attention for single-token crops."""
         valid = self.valid.to(tokens.dtype)
         sizes = self.sizes.to(tokens.dtype)
         pairs = (1 - torch.eye(self.width, dtype=tokens.dtype, device=tokens.device)) * valid.unsqueeze(-1) * valid.unsqueeze(-2)
@@ -75,8 +113,8 @@ class HoloV(PruningMethod):
             return (x * valid).sum(dim=-1) / sizes
 
         gamma = crop_mean(scaled.abs()) / (crop_mean(variance.abs()) + EPS)
-        scores = crop_mean(scaled + ALPHA * gamma.unsqueeze(-1) * variance)
-        return torch.where(self.single, crop_mean(attention), scores)
+        holistic = scaled + ALPHA * gamma.unsqueeze(-1) * variance
+        return holistic, torch.where(self.single, crop_mean(attention), crop_mean(holistic))
 
     def quotas(self, crop_scores: Tensor) -> Tensor:
         """(B, C) tokens each crop may keep: floor(w * keep), remainder +1 to the largest weights."""
@@ -98,7 +136,10 @@ class HoloV(PruningMethod):
         flat_members = self.members.reshape(1, -1).expand(batch, -1)
         crop_tokens = gather_rows(projected, flat_members).reshape(batch, crops, width, -1)
         crop_attention = attention.gather(1, flat_members).reshape(batch, crops, width)
-        allocated = self.quotas(self.crop_scores(crop_tokens, crop_attention))
+        holistic, crop_scores = self.token_scores(crop_tokens, crop_attention)
+        if self.paper:
+            return self.paper_selection(projected, holistic, crop_scores)
+        allocated = self.quotas(crop_scores)
 
         masked_attention = torch.where(self.valid, crop_attention, torch.full_like(crop_attention, -torch.inf))
         by_attention = top_indices(masked_attention, width)
@@ -121,3 +162,40 @@ class HoloV(PruningMethod):
         embeds = gather_rows(projected, token) * filled.unsqueeze(-1).to(projected.dtype)
         index = torch.where(filled, token + 1, torch.full_like(token, NO_SOURCE))
         return embeds, index
+
+    def paper_quotas(self, crop_scores: Tensor) -> Tensor:
+        """(B, C) quotas: floor(softmax(s / tau) * keep) capped at the crop size, then the overflow
+        redistributed in proportion to w_c (M_c - q_c) for C rounds (each round fills or settles crops)."""
+        weights = torch.softmax(crop_scores / self.settings["tau"], dim=-1)
+        sizes = self.sizes.to(weights.dtype)
+        quota = torch.minimum(torch.floor(weights * self.keep), sizes)
+        for _ in range(weights.shape[-1]):
+            left = self.keep - quota.sum(dim=-1, keepdim=True)
+            room = weights * (sizes - quota)
+            share = torch.floor(left * room / room.sum(dim=-1, keepdim=True).clamp(min=EPS))
+            quota = torch.minimum(quota + share, sizes)
+        return quota.to(torch.long)
+
+    def paper_selection(self, projected: Tensor, holistic: Tensor, crop_scores: Tensor) -> tuple[Tensor, Tensor]:
+        batch, crops, width = holistic.shape
+        quota = self.paper_quotas(crop_scores)
+        # Rank inside each crop by H, ties to the lower member; padding members rank last.
+        masked = torch.where(self.valid, holistic, torch.full_like(holistic, -torch.inf))
+        ahead = (masked.unsqueeze(-1) > masked.unsqueeze(-2)) | (
+            (masked.unsqueeze(-1) == masked.unsqueeze(-2)) & torch.ones(width, width, dtype=torch.bool,
+                                                                         device=holistic.device).triu(1))
+        rank = ahead.sum(dim=-2)
+        chosen = (rank < quota.unsqueeze(-1)) & self.valid  # (B, C, M)
+
+        num_patches = projected.shape[1]
+        chosen = chosen.reshape(batch, -1)[:, self.slot_of_patch]  # back to raster order, (B, N)
+        scores = holistic.reshape(batch, -1)[:, self.slot_of_patch]
+
+        # Shortfall: the highest-H tokens not yet chosen, as many as keep - sum(quota).
+        shortfall = self.keep - quota.sum(dim=-1, keepdim=True)
+        order = top_indices(torch.where(chosen, torch.full_like(scores, -torch.inf), scores), num_patches)
+        place = smallest_indices(order.to(torch.float32), num_patches)  # rank of each patch in `order`
+        chosen = chosen | (place < shortfall)
+        positions = torch.arange(num_patches, device=projected.device)
+        kept = smallest_indices(torch.where(chosen, positions, positions + num_patches).to(torch.float32), self.keep)
+        return gather_rows(projected, kept).to(projected.dtype), kept + 1

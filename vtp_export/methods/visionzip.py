@@ -1,7 +1,7 @@
 """VisionZip: dominant tokens by [CLS] attention plus contextual tokens merged by key similarity.
 
 Reference: dvlab-research/VisionZip @3151f6d, visionzip/clip_encoder.py (methods-spec.md, "VisionZip").
-Parity: tests/methods/test_visionzip.py.
+Parity: tests/methods/test_parity.py::test_visionzip.
 """
 
 from typing import Any
