@@ -92,6 +92,11 @@ def test_device_build_recipe(orin_export):
     for graph in json.loads((out / CONFIG_JSON).read_text())["graphs"]:
         assert f"--onnx={graph}.onnx" in script and f"--saveEngine={graph}.engine" in script
     assert "--fp16" in script and "memPoolSize=workspace:4096M" in script
+    assert "--precisionConstraints=obey" in script
+    config = json.loads((out / CONFIG_JSON).read_text())
+    for graph in config["graphs"].values():
+        assert graph["float32_nodes"] and all(f"{name}:fp32" in script for name in graph["float32_nodes"])
+        assert graph["lint"] == {"target": "orin", "opset": 18, "nodes": graph["nodes"], "passed": True}
 
 
 def test_leaves_no_staging_folders(orin_export):
@@ -154,3 +159,22 @@ def test_text_weights_flag_and_dynamic_batch(tiny_checkpoint, tiny_clip, tmp_pat
     session = onnxruntime_session(out / TEXT_ONNX)
     ids = np.full((3, 77), 49407, dtype=np.int64)
     assert session.run(None, {INPUT_IDS: ids})[0].shape == (3, 16)
+
+
+@pytest.mark.parametrize("method", ["fastervlm", "trim"])
+def test_jetpack5_graphs_are_opset_17_without_layer_norm_ops(method, tmp_path):
+    out = export(ExportRequest(model="llava15-tiny", method=method, keep=16, target="jetpack5-orin",
+                               out=tmp_path / "e", verify_samples=1))
+    config = json.loads((out / CONFIG_JSON).read_text())
+    for graph in config["graphs"].values():
+        signature = graph_signature(out / graph["file"])
+        assert signature["opset"] == 17 and "LayerNormalization" not in signature["ops"]
+        assert graph["lint"]["passed"] and graph["tensorrt_parser"]["checked"]
+        assert graph["verification"]["passed"]
+
+
+def test_fp32_precision_has_no_fp16_flags(tmp_path):
+    out = export(ExportRequest(model="llava15-tiny", method="fastervlm", keep=16, target="h100", out=tmp_path / "e",
+                               verify_samples=1, precision="fp32"))
+    script = (out / BUILD_SCRIPT).read_text()
+    assert "--fp16" not in script and "--layerPrecisions" not in script and "workspace:16384M" in script

@@ -11,7 +11,8 @@ from pathlib import Path
 from vtp_export.errors import UsageError, VtpError
 from vtp_export.graph_io import CONFIG_JSON
 
-COMMANDS = ("export", "models", "methods", "targets")
+COMMANDS = ("export", "build", "lint", "models", "methods", "targets")
+LISTINGS = ("models", "methods", "targets")
 DEBUG_ENV = "VTP_EXPORT_DEBUG"
 
 
@@ -51,6 +52,11 @@ def export_parser() -> Parser:
     batch.add_argument("--batch", type=int, default=1, help="fixed batch size of the graph (default 1)")
     batch.add_argument("--dynamic-batch", action="store_true", help="symbolic batch axis (all other axes static)")
     p.add_argument("--verify-samples", type=int, default=3, help="random batches compared with PyTorch (default 3)")
+    p.add_argument("--precision", help="engine precision for GPU targets: fp16 (default; scores and norms stay "
+                                       "fp32) or fp32; must be one the target supports")
+    p.add_argument("--build", action="store_true",
+                   help="then build the engines (as `vtp-export build OUT`): on the target device with TensorRT, "
+                        "else the device recipe is explained")
     p.add_argument("--tensorrt-check", choices=("parse", "build"), default="parse",
                    help="GPU targets: TensorRT ONNX parser only (default), or also a CPU-only engine build "
                         "(about 4x the weights in memory)")
@@ -66,9 +72,51 @@ def run_export(argv: Sequence[str]) -> int:
         method_options=dict(args.method_opt), out=args.out, weights=args.weights, text_weights=args.text_weights,
         random_weights=args.random_weights, seed=args.seed, batch=args.batch,
         dynamic_batch=args.dynamic_batch, verify_samples=args.verify_samples, tensorrt_check=args.tensorrt_check,
+        precision=args.precision,
     )
-    out = export(request, progress=lambda message: print(f"[vtp-export] {message}", flush=True))
+    out = export(request, progress=progress)
     print(summary(out))
+    if args.build:
+        from vtp_export.builder import build
+
+        print(build(out, progress=progress).message)
+    return 0
+
+
+def progress(message: str) -> None:
+    print(f"[vtp-export] {message}", flush=True)
+
+
+def run_build(argv: Sequence[str]) -> int:
+    from vtp_export.builder import build
+
+    p = Parser(prog="vtp-export build", description="Build TensorRT engines from an export folder on the target "
+               "device; elsewhere, explain how to build them on the device (the folder carries the recipe).")
+    p.add_argument("folder", type=Path, help="export folder written by vtp-export")
+    p.add_argument("--out", type=Path, help="engine folder (default: FOLDER/engine)")
+    p.add_argument("--precision", help="fp16 (default: the export's; scores and norms stay fp32) or fp32")
+    args = p.parse_args(argv)
+    print(build(args.folder, args.out, args.precision, progress=progress).message)
+    return 0
+
+
+def run_lint(argv: Sequence[str]) -> int:
+    from vtp_export.builder import read_export
+    from vtp_export.lint import lint_graph
+    from vtp_export.targets import TARGETS
+
+    p = Parser(prog="vtp-export lint", description="Check an export folder's graphs against a TensorRT target's "
+               "constraints (ops, opset, TopK K, static shapes), without TensorRT.")
+    p.add_argument("folder", type=Path, help="export folder written by vtp-export")
+    p.add_argument("--target", help="target to check against (default: the export's own)")
+    args = p.parse_args(argv)
+    record = read_export(args.folder)
+    target = TARGETS.get(args.target or record["target"]["name"])
+    if not target.uses_tensorrt:
+        raise UsageError(f"target {target.name} runs onnxruntime; the lint checks TensorRT targets")
+    for graph in record["graphs"].values():
+        result = lint_graph(args.folder / graph["file"], target, graph["dynamic_batch"])
+        print(f"{graph['file']}: fits {target.name} (opset {result['opset']}, {result['nodes']} nodes)")
     return 0
 
 
@@ -84,6 +132,8 @@ def summary(out: Path) -> str:
             f"  {graph['file']}: {graph['nodes']} nodes, opset {graph['opset']}, {shapes}",
             f"    verified on {check['samples']} random batches: {selection}{diffs}",
         ]
+        if "lint" in graph:
+            lines.append(f"    fits {graph['lint']['target']}: TensorRT ops, opset, constant TopK K, static shapes")
         parser = graph.get("tensorrt_parser")
         if parser is not None and parser["checked"]:
             built = ", engine built (CPU-only builder)" if parser.get("engine_built") else ""
@@ -91,7 +141,10 @@ def summary(out: Path) -> str:
         elif parser is not None:
             lines.append(f"    TensorRT ONNX parser: not checked ({parser['reason']})")
     if "device_build" in record:
-        lines.append(f"  build the engines on the device: bash {out / record['device_build']['script']}")
+        build = record["device_build"]
+        kept = sum(len(g.get("float32_nodes", [])) for g in record["graphs"].values())
+        fp32 = f", {kept} score/norm layers pinned to fp32" if kept else ""
+        lines.append(f"  build the engines on the device ({build['precision']}{fp32}): bash {out / build['script']}")
     return "\n".join(lines)
 
 
@@ -116,7 +169,11 @@ def run_listing(command: str, argv: Sequence[str]) -> int:
         from vtp_export.targets import TARGETS
 
         for name, target in TARGETS.items():
-            print(f"{name:8} {target.summary}; precisions {'/'.join(target.precisions)}; opset <= {target.max_opset}")
+            engine = (f"TensorRT {target.tensorrt_range}, {target.gpu_arch}, workspace {target.workspace_mib} MiB, "
+                      f"DLA {'present (unused)' if target.dla else 'none'}; " if target.uses_tensorrt else "")
+            print(f"{name:14} {target.summary}\n{'':14} {engine}precisions {'/'.join(target.precisions)} "
+                  f"(default {target.default_precision}); opset {target.opset} (ceiling {target.max_opset}); "
+                  f"memory budget {target.memory_budget_mib} MiB")
     return 0
 
 
@@ -125,7 +182,9 @@ def dispatch(argv: Sequence[str]) -> int:
         command, rest = argv[0], argv[1:]
     else:
         command, rest = "export", argv
-    return run_export(rest) if command == "export" else run_listing(command, rest)
+    if command in LISTINGS:
+        return run_listing(command, rest)
+    return {"export": run_export, "build": run_build, "lint": run_lint}[command](rest)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,3 +41,7 @@ class TensorRTParseError(VtpError):
 
 class OutputFolderError(VtpError):
     """The output folder cannot be written or would overwrite something foreign."""
+
+
+class TargetConstraintError(VtpError):
+    """A graph uses something the target's TensorRT cannot run (op, opset, TopK K, data-dependent shape)."""

@@ -31,7 +31,9 @@ from vtp_export.onnx_export import export_onnx
 from vtp_export.output_folder import check_writable, staged_folder
 from vtp_export.recipe import BUILD_SCRIPT, write_build_script
 from vtp_export.signature import graph_signature
-from vtp_export.targets import TARGETS
+from vtp_export.lint import lint_graph
+from vtp_export.precision import engine_precision, float32_nodes
+from vtp_export.targets import TARGETS, Target
 from vtp_export.tensorrt_check import check_with_tensorrt_parser
 from vtp_export.verify import (
     Arrays, compare_with_onnxruntime, random_input_ids, torch_outputs, verification_inputs,
@@ -59,6 +61,7 @@ class ExportRequest:
     dynamic_batch: bool = False
     verify_samples: int = 3
     tensorrt_check: str = "parse"  # "build" also builds an engine with the CPU-only builder
+    precision: str | None = None  # engine precision; None: the target's default
 
 
 @dataclass
@@ -87,6 +90,9 @@ def export(request: ExportRequest, progress: Progress = lambda _: None) -> Path:
         raise UsageError("--verify-samples must be at least 1")
     if request.tensorrt_check not in TENSORRT_CHECKS:
         raise UsageError(f"--tensorrt-check {request.tensorrt_check!r} is not one of {', '.join(TENSORRT_CHECKS)}")
+    if request.precision is not None and not target.uses_tensorrt:
+        raise UsageError(f"--precision is for TensorRT targets; {target.name} runs the fp32 graph in onnxruntime")
+    precision = engine_precision(target, request.precision) if target.uses_tensorrt else None
     if request.text_weights is not None and not method_class.text_conditioned:
         raise UsageError(f"--text-weights is for text-conditioned methods; {request.method} is not one")
     folder = locate_weights(spec, request.weights, request.random_weights)
@@ -101,13 +107,16 @@ def export(request: ExportRequest, progress: Progress = lambda _: None) -> Path:
     check_writable(out)
 
     with staged_folder(out) as stage:
-        record, graphs = write_graphs(request, config, folder, clip_folder, method, stage, target.opset, progress)
+        record, graphs = write_graphs(request, config, folder, clip_folder, method, stage, target, progress)
         # The torch weights are gone with write_graphs' frame: onnxruntime and TensorRT get that memory.
         record["graphs"] = {}
         for graph in graphs:
             progress(f"verifying {graph.path.name} in onnxruntime against PyTorch on {len(graph.inputs)} random batches")
             start = time.perf_counter()
             entry = graph_record(stage, graph.path, request.dynamic_batch)
+            if target.uses_tensorrt:
+                entry["lint"] = lint_graph(graph.path, target, request.dynamic_batch)
+                entry["float32_nodes"] = float32_nodes(graph.path) if precision == "fp16" else []
             entry["verification"] = compare_with_onnxruntime(
                 graph.path, graph.inputs, graph.expected, exact_selection=graph.exact_selection)
             record["timings"][f"verify_{graph.role}_s"] = round(time.perf_counter() - start, 2)
@@ -119,15 +128,15 @@ def export(request: ExportRequest, progress: Progress = lambda _: None) -> Path:
             record["graphs"][graph.role] = entry
         record["target"] = target.as_record()
         if target.uses_tensorrt:
-            shapes = {graph.path.name: record["graphs"][graph.role]["inputs"] for graph in graphs}
-            commands = write_build_script(stage, target, shapes, request.dynamic_batch, MAX_DYNAMIC_BATCH)
-            record["device_build"] = {"script": BUILD_SCRIPT, "commands": commands}
+            recipe = {graph.path.name: record["graphs"][graph.role] for graph in graphs}
+            commands = write_build_script(stage, target, recipe, request.dynamic_batch, MAX_DYNAMIC_BATCH, precision)
+            record["device_build"] = {"script": BUILD_SCRIPT, "precision": precision, "commands": commands}
         (stage / CONFIG_JSON).write_text(json.dumps(record, indent=2) + "\n")
     return out
 
 
 def write_graphs(request: ExportRequest, config: LlavaConfig, folder: Path | None, clip_folder: Path | None,
-                 method: PruningMethod, stage: Path, opset: int, progress: Progress) -> tuple[dict, list[WrittenGraph]]:
+                 method: PruningMethod, stage: Path, target: Target, progress: Progress) -> tuple[dict, list[WrittenGraph]]:
     """Load the weights, export the graphs, and return what verification needs: the inputs and torch outputs."""
     start = time.perf_counter()
     progress(f"loading {request.model} weights from {folder or f'random init (seed {request.seed})'}")
@@ -153,15 +162,16 @@ def write_graphs(request: ExportRequest, config: LlavaConfig, folder: Path | Non
     graphs.insert(0, WrittenGraph("vision", stage / VISION_ONNX, vision_inputs, vision_expected, method.exact_selection))
     load_s = round(time.perf_counter() - start, 2)
 
-    progress(f"exporting {method.name} keep={method.keep} to ONNX (opset {opset})")
+    progress(f"exporting {method.name} keep={method.keep} to ONNX (opset {target.opset})")
     start = time.perf_counter()
+    primitive_layer_norm = "LayerNormalization" in target.unsupported_ops
     with torch.no_grad():
         vision_example = tuple(torch.from_numpy(a) for a in vision_inputs[0].values())
-        export_onnx(encoder, vision_example, graphs[0].path, encoder.input_names, method.output_names, opset,
-                    request.dynamic_batch)
+        export_onnx(encoder, vision_example, graphs[0].path, encoder.input_names, method.output_names, target.opset,
+                    request.dynamic_batch, primitive_layer_norm)
         if method.text_conditioned:
             export_onnx(text_encoder, (torch.from_numpy(text_inputs[0][INPUT_IDS]),), graphs[1].path, TEXT_INPUTS,
-                        TEXT_OUTPUTS, opset, request.dynamic_batch)
+                        TEXT_OUTPUTS, target.opset, request.dynamic_batch, primitive_layer_norm)
     record = {
         "producer": PRODUCER,
         "vtp_export_version": __version__,
@@ -177,6 +187,7 @@ def write_graphs(request: ExportRequest, config: LlavaConfig, folder: Path | Non
     if method.text_conditioned:
         record["model"]["text_weights"] = stack.clip.source
         record["model"]["text_max_length"] = stack.clip.max_length
+        record["model"]["text_vocab_size"] = stack.clip.config.text_config.vocab_size
     return record, graphs
 
 

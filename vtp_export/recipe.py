@@ -14,12 +14,16 @@ def engine_name(onnx_name: str) -> str:
     return Path(onnx_name).with_suffix(".engine").name
 
 
-def trtexec_arguments(target: Target, onnx_name: str, inputs: list[dict], dynamic_batch: bool,
-                      max_batch: int) -> list[str]:
-    """`inputs`: the graph's input signatures (name, dtype, shape) as graph_signature records them."""
+def trtexec_arguments(target: Target, onnx_name: str, inputs: list[dict], dynamic_batch: bool, max_batch: int,
+                      precision: str, float32_nodes: list[str]) -> list[str]:
+    """`inputs`: the graph's input signatures (name, dtype, shape) as graph_signature records them;
+    `float32_nodes`: layers an fp16 engine keeps in float32 (TensorRT names layers after ONNX nodes)."""
     args = [f"--onnx={onnx_name}", f"--saveEngine={engine_name(onnx_name)}", f"--timingCacheFile={TIMING_CACHE}"]
-    if target.default_precision != "fp32":
-        args.append(f"--{target.default_precision}")
+    if precision == "fp16":
+        args.append("--fp16")
+        if float32_nodes:
+            args += ["--precisionConstraints=obey",
+                     "--layerPrecisions=" + ",".join(f"{name}:fp32" for name in float32_nodes)]
     if target.workspace_mib:
         args.append(f"--memPoolSize=workspace:{target.workspace_mib}M")
     if dynamic_batch:
@@ -29,16 +33,16 @@ def trtexec_arguments(target: Target, onnx_name: str, inputs: list[dict], dynami
     return args
 
 
-def write_build_script(folder: Path, target: Target, graph_inputs: dict[str, list[dict]], dynamic_batch: bool,
-                       max_batch: int) -> list[str]:
-    """Write build_engine.sh into `folder` for each graph in `graph_inputs` (ONNX file name -> input
-    signatures); return the trtexec command lines it runs."""
-    arguments = [trtexec_arguments(target, name, inputs, dynamic_batch, max_batch)
-                 for name, inputs in graph_inputs.items()]
-    engines = ", ".join(engine_name(name) for name in graph_inputs)
+def write_build_script(folder: Path, target: Target, graphs: dict[str, dict], dynamic_batch: bool, max_batch: int,
+                       precision: str) -> list[str]:
+    """Write build_engine.sh into `folder` for each graph in `graphs` (ONNX file name -> {"inputs": input
+    signatures, "float32_nodes": [...]}); return the trtexec command lines it runs."""
+    arguments = [trtexec_arguments(target, name, g["inputs"], dynamic_batch, max_batch, precision, g["float32_nodes"])
+                 for name, g in graphs.items()]
+    engines = ", ".join(engine_name(name) for name in graphs)
     lines = "\n".join(f'"$TRTEXEC" {shlex.join(args)}' for args in arguments)
     script = f"""#!/usr/bin/env bash
-# Builds {engines} on the target device: {target.summary}.
+# Builds {engines} ({precision}) on the target device: {target.summary}.
 # Run it there, in this folder: bash {BUILD_SCRIPT}   (TRTEXEC=/path/to/trtexec to override)
 # TensorRT engines are tied to the TensorRT version and GPU they are built with: build on the device.
 set -euo pipefail

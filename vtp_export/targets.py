@@ -1,12 +1,19 @@
 """Deployment targets, one TOML data file each under targets/."""
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from vtp_export.registry import Registry
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8")
+FP8_MIN_SM = 89  # Ada and later
+TENSORRT_MAX_TOPK_K = 3840  # TopK's largest K in TensorRT 8.5 and 10.x
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 @dataclass(frozen=True)
@@ -19,27 +26,65 @@ class Target:
     precisions: tuple[str, ...]
     default_precision: str
     memory_budget_mib: int
-    gpu_arch: str | None = None
+    gpu_arch: str | None = None  # "sm_87"
     jetpack: str | None = None
-    tensorrt: str | None = None
+    tensorrt_min: str | None = None  # TensorRT versions the target ships, inclusive (major.minor)
+    tensorrt_max: str | None = None
     workspace_mib: int | None = None
-    dla: bool = False
+    dla: bool = False  # the device has DLA cores; these graphs run on the GPU
+    max_topk_k: int = TENSORRT_MAX_TOPK_K
+    topk_k_initializer: bool = False  # TensorRT 8.5: TopK's K must be an initializer, not a Constant node
+    unsupported_ops: tuple[str, ...] = ()  # ONNX ops this target's TensorRT parser lacks, beyond the common set
     trtexec: str = "trtexec"
 
     @property
     def uses_tensorrt(self) -> bool:
         return self.runtime == "tensorrt"
 
+    @property
+    def sm(self) -> int | None:
+        """Compute capability as an integer, 87 for sm_87."""
+        return int(self.gpu_arch.removeprefix("sm_")) if self.gpu_arch else None
+
+    @property
+    def tensorrt_range(self) -> str | None:
+        if self.tensorrt_min is None:
+            return None
+        return self.tensorrt_min if self.tensorrt_min == self.tensorrt_max else f"{self.tensorrt_min}-{self.tensorrt_max}"
+
+    @property
+    def strongly_typed(self) -> bool:
+        """Strongly typed networks exist from TensorRT 9 on."""
+        return self.tensorrt_min is not None and version_tuple(self.tensorrt_min) >= (9,)
+
+    def accepts_tensorrt(self, version: str) -> bool:
+        """Whether an installed TensorRT `version` (x.y.z...) is one this target ships."""
+        found = version_tuple(version)[:2]
+        return version_tuple(self.tensorrt_min) <= found <= version_tuple(self.tensorrt_max)
+
     def as_record(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) not in (None, ())}
 
 
 def load_target(path: Path) -> Target:
     data = tomllib.loads(path.read_text())
-    data["precisions"] = tuple(data["precisions"])
-    if data["opset"] > data["max_opset"]:
-        raise ValueError(f"{path}: opset {data['opset']} above the target's ceiling {data['max_opset']}")
-    return Target(**data)
+    for key in ("precisions", "unsupported_ops"):
+        if key in data:
+            data[key] = tuple(data[key])
+    try:
+        target = Target(**data)
+    except TypeError as error:
+        raise ValueError(f"{path}: {error}") from None
+    if target.opset > target.max_opset:
+        raise ValueError(f"{path}: opset {target.opset} above the target's ceiling {target.max_opset}")
+    if not set(target.precisions) <= set(PRECISIONS) or target.default_precision not in target.precisions:
+        raise ValueError(f"{path}: precisions {target.precisions} / default {target.default_precision} "
+                         f"must come from {PRECISIONS}")
+    if "fp8" in target.precisions and (target.sm is None or target.sm < FP8_MIN_SM):
+        raise ValueError(f"{path}: fp8 needs sm_{FP8_MIN_SM} or later, the target is {target.gpu_arch}")
+    if target.uses_tensorrt and None in (target.gpu_arch, target.tensorrt_min, target.tensorrt_max):
+        raise ValueError(f"{path}: a TensorRT target names its gpu_arch, tensorrt_min and tensorrt_max")
+    return target
 
 
 TARGETS: Registry[Target] = Registry("target")

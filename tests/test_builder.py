@@ -1,0 +1,99 @@
+"""vtp-export build: the device-side recipe where this machine is not the target, and the TensorRT
+builder path itself, run here with TensorRT-RTX's CPU-only builder."""
+
+import json
+
+import pytest
+import tensorrt_rtx_bindings
+
+from vtp_export.builder import build, build_engine, read_export, why_not_here
+from vtp_export.cli import main
+from vtp_export.engine import Device
+from vtp_export.errors import UsageError
+from vtp_export.exporter import ExportRequest, export
+from vtp_export.recipe import BUILD_SCRIPT
+from vtp_export.targets import TARGETS
+
+ORIN = TARGETS.get("orin")
+NO_TENSORRT = Device(tensorrt=None, gpu_name=None, sm=None, jetpack=None)
+
+
+@pytest.fixture(scope="module")
+def orin_trim(tmp_path_factory):
+    out = tmp_path_factory.mktemp("build") / "trim"
+    return export(ExportRequest(model="llava15-tiny", method="trim", keep=16, target="orin", out=out,
+                                verify_samples=1, dynamic_batch=True))
+
+
+def test_cross_target_explains_how_to_build_on_the_device(orin_trim):
+    outcome = build(orin_trim, device=NO_TENSORRT)
+    assert outcome.engine_folder is None
+    assert outcome.message.startswith("no TensorRT here: engines are built on the device")
+    assert outcome.message.endswith(f"run there: bash {BUILD_SCRIPT}") and "Jetson AGX Orin" in outcome.message
+    assert not (orin_trim / "engine").exists()
+
+
+def test_another_precision_rewrites_the_recipe(orin_trim):
+    script = orin_trim / BUILD_SCRIPT
+    assert "--fp16" in script.read_text() and "--precisionConstraints=obey" in script.read_text()
+    build(orin_trim, precision="fp32", device=NO_TENSORRT)
+    assert "--fp16" not in script.read_text() and "--onnx=text.onnx" in script.read_text()
+    build(orin_trim, precision="fp16", device=NO_TENSORRT)
+    assert "--layerPrecisions=" in script.read_text() and ":fp32" in script.read_text()
+    assert sorted(p.name for p in orin_trim.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("precision,message", [
+    ("fp8", "target orin (sm_87) does not support fp8 (supports: fp16, int8, fp32)"),
+    ("int8", "int8 engines need calibration data"),
+])
+def test_unsupported_precision(orin_trim, precision, message):
+    with pytest.raises(UsageError, match=message.replace("(", "\\(").replace(")", "\\)")):
+        build(orin_trim, precision=precision, device=NO_TENSORRT)
+
+
+def test_not_an_export_folder(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        read_export(tmp_path / "nowhere")
+    (tmp_path / "config.json").write_text(json.dumps({"producer": "someone"}))
+    with pytest.raises(UsageError, match="was not written by vtp-export"):
+        read_export(tmp_path)
+
+
+def test_cpu_export_has_no_engine(tmp_path):
+    out = export(ExportRequest(model="llava15-tiny", method="fastervlm", keep=8, target="cpu", out=tmp_path / "e",
+                               verify_samples=1))
+    with pytest.raises(UsageError, match="runs onnxruntime: there is no engine to build"):
+        build(out)
+
+
+@pytest.mark.parametrize("device,reason", [
+    (Device("10.3.0.30", "Orin", 87, "6"), None),
+    (Device("10.3.0", "NVIDIA H100", 90, None), "this GPU is NVIDIA H100 (sm_90), the target is sm_87"),
+    (Device("10.7.0", "Orin", 87, "6"), "TensorRT 10.7.0 here, the target ships TensorRT 10.3"),
+    (Device("10.3.0", None, None, None), "no CUDA GPU here"),
+])
+def test_which_machines_build_for_orin(device, reason):
+    assert why_not_here(ORIN, device) == reason
+
+
+def test_builder_path_builds_engines_with_tensorrt_rtx(orin_trim, tmp_path):
+    """The same build_engine the device runs, with TensorRT-RTX (CPU-only, strongly typed: fp32 here)."""
+    record = read_export(orin_trim)
+    cache = tmp_path / "timing.cache"
+    for graph in record["graphs"].values():
+        engine = tmp_path / f"{graph['file']}.engine"
+        entry = build_engine(tensorrt_rtx_bindings, orin_trim / graph["file"], engine, ORIN, "fp32", [],
+                             graph["inputs"], graph["dynamic_batch"], cache, progress=lambda _: None)
+        assert engine.stat().st_size == entry["bytes"] > 0 and entry["layers"] > 0
+        assert entry["flags"]["dynamic_batch"] and entry["flags"]["max_batch"] == 64
+    assert cache.is_file()
+
+
+def test_cli_build_and_lint(orin_trim, capsys):
+    assert main(["build", str(orin_trim)]) == 0
+    assert "engines are built on the device" in capsys.readouterr().out
+    assert main(["lint", str(orin_trim)]) == 0
+    assert "vision.onnx: fits orin" in capsys.readouterr().out
+    assert main(["lint", str(orin_trim), "--target", "jetpack5-orin"]) == 2
+    assert "opset 18 is above the target's ceiling 17" in capsys.readouterr().err

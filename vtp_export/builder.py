@@ -1,0 +1,274 @@
+"""vtp-export build: an export folder's ONNX graphs -> TensorRT engines on this device, or, where this
+machine is not the target device, the device-side recipe and one line on how to run it there.
+
+On the device: the TensorRT Python API (`tensorrt` and a CUDA GPU of the target's compute capability),
+fp16 by default with the scores and normalisations pinned to fp32, a persisted timing cache, the
+target's workspace cap, memory monitoring where TensorRT has it (10.6+), an optimisation profile for a
+dynamic batch, progress while building, and a Polygraphy comparison onnxruntime vs TensorRT recorded in
+the engine folder's config.json.
+"""
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from vtp_export import __version__
+from vtp_export.engine import Device, this_device
+from vtp_export.errors import UsageError, VtpError
+from vtp_export.graph_io import (
+    CONFIG_JSON, IMAGE_EMBEDS, INPUT_IDS, PIXEL_VALUES, PRODUCER, TEXT_EMBEDS, TOKEN_INDEX,
+)
+from vtp_export.output_folder import is_our_folder, staged_folder
+from vtp_export.precision import engine_precision, float32_nodes
+from vtp_export.recipe import BUILD_SCRIPT, TIMING_CACHE, engine_name, write_build_script
+from vtp_export.targets import TARGETS, Target
+from vtp_export.verify import matched_rows, random_input_ids, set_overlap
+
+ENGINE_FOLDER = "engine"
+MAX_DYNAMIC_BATCH = 64
+# fp16 engine against the fp32 graph: what "agrees" means (recorded, not enforced: fp16 near-ties flip choices).
+FP16_TOLERANCE = {"atol": 5e-2, "rtol": 5e-2}
+
+Progress = Callable[[str], None]
+
+
+class BuildError(VtpError):
+    """TensorRT could not build an engine from the graph."""
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    engine_folder: Path | None  # None: not built here (cross-target), see message
+    message: str
+
+
+def read_export(folder: Path) -> dict:
+    if not folder.is_dir():
+        raise UsageError(f"export folder {folder} does not exist")
+    if not is_our_folder(folder):
+        raise UsageError(f"{folder} was not written by vtp-export (no config.json from it)")
+    record = json.loads((folder / CONFIG_JSON).read_text())
+    if "graphs" not in record or "target" not in record:
+        raise UsageError(f"{folder} is an engine folder or from an older vtp-export: pass an export folder")
+    for graph in record["graphs"].values():
+        path = folder / graph["file"]
+        if not path.is_file():
+            raise UsageError(f"{folder} lacks {graph['file']}, which its config.json lists")
+    return record
+
+
+def why_not_here(target: Target, device: Device) -> str | None:
+    """Why this machine cannot build the target's engines, or None if it can."""
+    if device.tensorrt is None:
+        return "no TensorRT here"
+    if device.sm is None:
+        return "no CUDA GPU here"
+    if device.sm != target.sm:
+        return f"this GPU is {device.gpu_name} (sm_{device.sm}), the target is {target.gpu_arch}"
+    if not target.accepts_tensorrt(device.tensorrt):
+        return f"TensorRT {device.tensorrt} here, the target ships TensorRT {target.tensorrt_range}"
+    return None
+
+
+def build(folder: Path, out: Path | None = None, precision: str | None = None, device: Device | None = None,
+          progress: Progress = lambda _: None) -> BuildOutcome:
+    record = read_export(folder)
+    target = TARGETS.get(record["target"]["name"])
+    if not target.uses_tensorrt:
+        raise UsageError(f"{folder} was exported for {target.name}, which runs onnxruntime: there is no engine "
+                         "to build (export with a TensorRT --target)")
+    precision = engine_precision(target, precision or record["device_build"]["precision"])
+    graphs = record["graphs"]
+    dynamic = graphs["vision"]["dynamic_batch"]
+    recipe = {g["file"]: g | {"float32_nodes": float32_nodes(folder / g["file"]) if precision == "fp16" else []}
+              for g in graphs.values()}
+    device = device or this_device()
+    reason = why_not_here(target, device)
+    if reason is not None:
+        rewrite_recipe(folder, target, recipe, dynamic, precision)
+        return BuildOutcome(None, f"{reason}: engines are built on the device; copy {folder} to the "
+                                  f"{target.summary} and run there: bash {BUILD_SCRIPT}")
+
+    import tensorrt as trt
+
+    out = out or folder / ENGINE_FOLDER
+    engines = {}
+    with staged_folder(out) as stage:
+        cache = folder / TIMING_CACHE
+        for role, graph in graphs.items():
+            onnx_path = folder / graph["file"]
+            progress(f"building {engine_name(graph['file'])} ({precision}) with TensorRT {trt.__version__}")
+            entry = build_engine(trt, onnx_path, stage / engine_name(graph["file"]), target, precision,
+                                 recipe[graph["file"]]["float32_nodes"], graph["inputs"], dynamic, cache, progress)
+            entry["onnx_sha256"] = graph["sha256"]
+            engines[role] = entry
+        progress("comparing TensorRT with onnxruntime (Polygraphy)")
+        parity = compare_engines(folder, stage, record)
+        engine_record = {
+            "producer": PRODUCER,
+            "vtp_export_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "export": str(folder.resolve()),
+            "tensorrt": ".".join(trt.__version__.split(".")[:2]),
+            "tensorrt_full": trt.__version__,
+            "gpu": {"name": device.gpu_name, "sm": device.sm},
+            "jetpack": device.jetpack,
+            "target": target.name,
+            "precision": precision,
+            "engines": engines,
+            "export_verification": {role: g["verification"] for role, g in graphs.items()},
+            "parity_with_onnxruntime": parity,
+        }
+        (stage / CONFIG_JSON).write_text(json.dumps(engine_record, indent=2) + "\n")
+    return BuildOutcome(out, f"built {', '.join(e['file'] for e in engines.values())} in {out}")
+
+
+def rewrite_recipe(folder: Path, target: Target, recipe: dict, dynamic: bool, precision: str) -> None:
+    """Write the device script for another precision, atomically (scratch folder, then rename into place)."""
+    scratch = folder / f".{BUILD_SCRIPT}.partial"
+    scratch.mkdir(exist_ok=True)
+    try:
+        write_build_script(scratch, target, recipe, dynamic, MAX_DYNAMIC_BATCH, precision)
+        (scratch / BUILD_SCRIPT).replace(folder / BUILD_SCRIPT)
+    finally:
+        for leftover in scratch.iterdir():
+            leftover.unlink()
+        scratch.rmdir()
+
+
+def build_engine(trt: ModuleType, onnx_path: Path, engine_path: Path, target: Target, precision: str,
+                 fp32_nodes: list[str], inputs: list[dict], dynamic_batch: bool, cache_path: Path,
+                 progress: Progress) -> dict:
+    """Build one engine with the TensorRT Python API module `trt` (TensorRT, or TensorRT-RTX in tests)."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # TensorRT 8.x; implicit in 10
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = " | ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BuildError(f"TensorRT could not parse {onnx_path.name}: {errors[:500]}")
+    config = builder.create_builder_config()
+    if target.workspace_mib:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, target.workspace_mib << 20)
+    if hasattr(trt.BuilderFlag, "MONITOR_MEMORY"):  # TensorRT 10.6+
+        config.set_flag(trt.BuilderFlag.MONITOR_MEMORY)
+    pinned = 0
+    if precision == "fp16" and hasattr(trt.BuilderFlag, "FP16"):
+        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        wanted = set(fp32_nodes)
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            # TensorRT names a node's layer after it; helper layers of the same node get suffixes.
+            if layer.name in wanted or layer.name.rsplit("_", 1)[0] in wanted:
+                layer.precision = trt.float32
+                pinned += 1
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    if dynamic_batch:
+        profile = builder.create_optimization_profile()
+        for value in inputs:
+            dims = value["shape"][1:]
+            profile.set_shape(value["name"], (1, *dims), (1, *dims), (MAX_DYNAMIC_BATCH, *dims))
+        config.add_optimization_profile(profile)
+    if hasattr(trt, "IProgressMonitor"):
+        config.progress_monitor = progress_monitor(trt, progress)
+    start = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BuildError(f"TensorRT could not build an engine from {onnx_path.name} (see the TensorRT log above)")
+    engine_path.write_bytes(bytes(serialized))
+    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    activation = activation_memory(trt, logger, bytes(serialized))
+    return {
+        "file": engine_path.name,
+        "bytes": engine_path.stat().st_size,
+        "activation_memory_bytes": activation,
+        "within_memory_budget": None if activation is None else
+        engine_path.stat().st_size + activation <= target.memory_budget_mib << 20,
+        "build_s": round(time.perf_counter() - start, 1),
+        "layers": network.num_layers,
+        "float32_layers": pinned,
+        "flags": {"precision": precision, "workspace_mib": target.workspace_mib, "dynamic_batch": dynamic_batch,
+                  "max_batch": MAX_DYNAMIC_BATCH if dynamic_batch else None, "timing_cache": cache_path.name,
+                  "monitor_memory": hasattr(trt.BuilderFlag, "MONITOR_MEMORY")},
+    }
+
+
+def activation_memory(trt: ModuleType, logger, serialized: bytes) -> int | None:
+    """Device memory the engine needs for its activations; None where it cannot be loaded (no GPU)."""
+    try:
+        engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
+        return int(engine.device_memory_size_v2) if engine is not None else None
+    except Exception:  # no CUDA device to deserialize on (TensorRT-RTX on a CPU-only machine)
+        return None
+
+
+def progress_monitor(trt: ModuleType, progress: Progress):
+    """TensorRT's build phases as progress lines (a long build otherwise shows nothing for minutes)."""
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            if parent_phase is None:
+                progress(f"  {phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name, step):
+            return True  # keep building
+
+        def phase_finish(self, phase_name):
+            pass
+
+    return Monitor()
+
+
+def compare_engines(folder: Path, engines: Path, record: dict, samples: int = 3) -> dict:
+    """onnxruntime (fp32 graph) against each TensorRT engine on seeded random inputs, with Polygraphy."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    geometry = record["model"]["geometry"]
+    batch = record["graphs"]["vision"]["inputs"][0]["shape"][0]
+    batch = batch if isinstance(batch, int) else 1
+    generator = np.random.default_rng(0)
+    results = {}
+    text_embeds = None
+    for role in sorted(record["graphs"], key=lambda r: r != "text"):  # text first: it feeds the vision graph
+        graph = record["graphs"][role]
+        onnx_runner = OnnxrtRunner(SessionFromOnnx(str(folder / graph["file"])))
+        engine_runner = TrtRunner(EngineFromBytes((engines / engine_name(graph["file"])).read_bytes()))
+        overlap, worst = 1.0, 0.0
+        with onnx_runner, engine_runner:
+            for sample in range(samples):
+                if role == "text":
+                    length = graph["inputs"][0]["shape"][1]
+                    feeds = {INPUT_IDS: random_input_ids(batch, length, record["model"]["text_vocab_size"], sample)}
+                else:
+                    size = geometry["image_size"]
+                    feeds = {PIXEL_VALUES: generator.standard_normal((batch, 3, size, size)).astype(np.float32)}
+                    if text_embeds is not None:
+                        feeds[TEXT_EMBEDS] = text_embeds
+                want, got = onnx_runner.infer(feeds), engine_runner.infer(feeds)
+                if role == "text":
+                    text_embeds = want[TEXT_EMBEDS]
+                    worst = max(worst, float(np.abs(got[TEXT_EMBEDS] - want[TEXT_EMBEDS]).max()))
+                    continue
+                overlap = min(overlap, set_overlap(got[TOKEN_INDEX], want[TOKEN_INDEX]))
+                have_at, want_at = matched_rows(got[TOKEN_INDEX], want[TOKEN_INDEX])
+                if len(have_at[0]):
+                    worst = max(worst, float(np.abs(got[IMAGE_EMBEDS][have_at] - want[IMAGE_EMBEDS][want_at]).max()))
+        results[role] = {"samples": samples, "max_abs_diff": worst, "tolerance": FP16_TOLERANCE}
+        if role == "vision":
+            results[role]["token_index_min_set_overlap"] = overlap
+    return results

@@ -1,0 +1,92 @@
+"""TensorRT engines: where one can run, and the check that refuses an engine built for another device.
+
+An engine is tied to the TensorRT version (major.minor) and the GPU's compute capability it was built
+with. The engine folder's config.json records both; `check_engine_matches` compares them with this device.
+"""
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vtp_export.errors import VtpError
+from vtp_export.targets import version_tuple
+
+TEGRA_RELEASE = Path("/etc/nv_tegra_release")
+# L4T major release -> JetPack line (r35: JetPack 5, r36: JetPack 6, r38: JetPack 7).
+JETPACK_OF_L4T = {"35": "5", "36": "6", "38": "7"}
+
+
+class EngineMismatchError(VtpError):
+    """An engine built for another TensorRT version or GPU."""
+
+
+@dataclass(frozen=True)
+class Device:
+    """What an engine depends on, on this machine; fields are None where not found."""
+
+    tensorrt: str | None
+    gpu_name: str | None
+    sm: int | None  # compute capability as 87 for 8.7
+    jetpack: str | None
+
+    def describe(self) -> str:
+        gpu = f"{self.gpu_name} (sm_{self.sm})" if self.sm is not None else "no CUDA GPU"
+        trt = f"TensorRT {self.tensorrt}" if self.tensorrt else "no TensorRT"
+        jetpack = f", JetPack {self.jetpack}" if self.jetpack else ""
+        return f"{trt}, {gpu}{jetpack}"
+
+    def as_record(self) -> dict:
+        return asdict(self)
+
+
+def jetpack_line() -> str | None:
+    """JetPack major line from the L4T release file on a Jetson ('# R36 (release), REVISION: 4.3, ...')."""
+    if not TEGRA_RELEASE.is_file():
+        return None
+    first = TEGRA_RELEASE.read_text().split(",")[0]
+    release = first.strip("# ").removeprefix("R").split(" ")[0]
+    return JETPACK_OF_L4T.get(release, f"L4T r{release}")
+
+
+def this_device() -> Device:
+    """TensorRT (the full package, not TensorRT-RTX) and the first CUDA GPU, as far as they are present."""
+    try:
+        import tensorrt
+
+        version = tensorrt.__version__
+    except Exception:  # not installed, or its libraries do not load
+        version = None
+    name = sm = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            name, sm = torch.cuda.get_device_name(0), major * 10 + minor
+    except Exception:  # a CPU-only torch, a broken driver
+        pass
+    return Device(tensorrt=version, gpu_name=name, sm=sm, jetpack=jetpack_line())
+
+
+def read_engine_record(folder: Path) -> dict:
+    path = folder / "config.json"
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EngineMismatchError(f"{folder} has no config.json: not an engine folder written by vtp-export") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise EngineMismatchError(f"{path} is corrupt: {error}") from None
+    if not isinstance(record, dict) or "tensorrt" not in record or "gpu" not in record:
+        raise EngineMismatchError(f"{folder} is not an engine folder written by vtp-export build")
+    return record
+
+
+def check_engine_matches(record: dict, device: Device) -> None:
+    """Refuse, in one line, an engine whose TensorRT major.minor or GPU compute capability differ from here."""
+    built = record["gpu"]
+    wanted = (f"TensorRT {record['tensorrt']} for {built['name']} (sm_{built['sm']})"
+              + (f", JetPack {record['jetpack']}" if record.get("jetpack") else ""))
+    same_trt = device.tensorrt is not None and version_tuple(device.tensorrt)[:2] == version_tuple(record["tensorrt"])[:2]
+    if not same_trt or device.sm != built["sm"]:
+        raise EngineMismatchError(f"the engines were built with {wanted}; this device has {device.describe()}: "
+                                  "rebuild them here with vtp-export build")
