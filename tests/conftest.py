@@ -6,6 +6,7 @@ import torch
 from transformers import CLIPModel, LlavaForConditionalGeneration
 
 from vtp_export.models import clip_tiny_config, llava15_tiny_config
+from vtp_export.runtime.tokenizer import stand_in_clip_tokenizer, stand_in_llava_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -13,9 +14,11 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def save_tiny_llava(folder: Path, image_size: int = 336, seed: int = 0) -> Path:
-    """A real HF LLaVA checkpoint (random weights) written with save_pretrained."""
+    """A real HF LLaVA checkpoint (random weights, byte-level tokenizer) written with save_pretrained."""
     torch.manual_seed(seed)
-    LlavaForConditionalGeneration(llava15_tiny_config(image_size)).save_pretrained(folder)
+    config = llava15_tiny_config(image_size)
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    stand_in_llava_tokenizer(config.text_config.vocab_size, config.image_token_id).save_pretrained(folder)
     return folder
 
 
@@ -32,7 +35,9 @@ def tiny_checkpoint_224(tmp_path_factory) -> Path:
 def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
     """A real HF CLIP checkpoint (random weights) of llava15-tiny's vision tower, with its text tower."""
     torch.manual_seed(seed)
-    CLIPModel(clip_tiny_config()).save_pretrained(folder)
+    config = clip_tiny_config()
+    CLIPModel(config).save_pretrained(folder)
+    stand_in_clip_tokenizer(config.text_config.vocab_size).save_pretrained(folder)
     return folder
 
 

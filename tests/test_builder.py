@@ -6,11 +6,12 @@ import json
 import pytest
 import tensorrt_rtx_bindings
 
-from vtp_export.builder import build, build_engine, read_export, why_not_here
+from vtp_export.builder import build, build_engine, why_not_here
 from vtp_export.cli import main
 from vtp_export.engine import Device
 from vtp_export.errors import UsageError
 from vtp_export.exporter import ExportRequest, export
+from vtp_export.output_folder import read_export
 from vtp_export.recipe import BUILD_SCRIPT
 from vtp_export.targets import TARGETS
 

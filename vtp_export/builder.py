@@ -24,7 +24,7 @@ from vtp_export.errors import UsageError, VtpError
 from vtp_export.graph_io import (
     CONFIG_JSON, IMAGE_EMBEDS, INPUT_IDS, PIXEL_VALUES, PRODUCER, TEXT_EMBEDS, TOKEN_INDEX,
 )
-from vtp_export.output_folder import is_our_folder, staged_folder
+from vtp_export.output_folder import read_export, staged_folder
 from vtp_export.precision import engine_precision, float32_nodes
 from vtp_export.recipe import BUILD_SCRIPT, TIMING_CACHE, engine_name, write_build_script
 from vtp_export.targets import TARGETS, Target
@@ -46,21 +46,6 @@ class BuildError(VtpError):
 class BuildOutcome:
     engine_folder: Path | None  # None: not built here (cross-target), see message
     message: str
-
-
-def read_export(folder: Path) -> dict:
-    if not folder.is_dir():
-        raise UsageError(f"export folder {folder} does not exist")
-    if not is_our_folder(folder):
-        raise UsageError(f"{folder} was not written by vtp-export (no config.json from it)")
-    record = json.loads((folder / CONFIG_JSON).read_text())
-    if "graphs" not in record or "target" not in record:
-        raise UsageError(f"{folder} is an engine folder or from an older vtp-export: pass an export folder")
-    for graph in record["graphs"].values():
-        path = folder / graph["file"]
-        if not path.is_file():
-            raise UsageError(f"{folder} lacks {graph['file']}, which its config.json lists")
-    return record
 
 
 def why_not_here(target: Target, device: Device) -> str | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from vtp_export.errors import UsageError, VtpError
 from vtp_export.graph_io import CONFIG_JSON
 
-COMMANDS = ("export", "build", "lint", "models", "methods", "targets")
+COMMANDS = ("export", "build", "lint", "run", "models", "methods", "targets")
 LISTINGS = ("models", "methods", "targets")
 DEBUG_ENV = "VTP_EXPORT_DEBUG"
 
@@ -100,8 +100,33 @@ def run_build(argv: Sequence[str]) -> int:
     return 0
 
 
+def run_pipeline(argv: Sequence[str]) -> int:
+    from vtp_export.runtime import Pipeline
+
+    p = Parser(prog="vtp-export run", description="Answer a question about images with an export folder's vision "
+               "graph and the LLM, streaming the answer.")
+    p.add_argument("folder", type=Path, help="export folder written by vtp-export")
+    p.add_argument("--image", type=Path, action="append", default=[], help="image file, repeatable")
+    p.add_argument("--prompt", required=True, help="the question; <image> marks where each image goes")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; > 0: sampling")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--backend", help="onnxruntime, tensorrt or torch (default: a matching engine, else onnxruntime)")
+    p.add_argument("--llm", type=Path, help="HF LLaVA folder of the LLM (default: the export's checkpoint)")
+    p.add_argument("--position-ids", default="sequential", help="sequential (default, as LLaVA) or original")
+    args = p.parse_args(argv)
+    pipe = Pipeline.from_dir(args.folder, llm=args.llm, backend=args.backend, position_ids=args.position_ids)
+    answer = pipe.answer(args.prompt, args.image, args.max_new_tokens, args.temperature, args.seed,
+                         on_text=lambda _, piece: print(piece, end="", flush=True))
+    decode = f"{answer.decode_tokens_per_s:.1f} tokens/s" if answer.decode_tokens_per_s else "n/a"
+    print(f"\n[vtp-export] {len(answer.token_ids)} tokens; time to first token {answer.time_to_first_token_s:.3f} s; "
+          f"decode {decode}; {answer.prompt_tokens} prompt tokens ({'+'.join(map(str, answer.image_tokens))} visual); "
+          f"{answer.backend}")
+    return 0
+
+
 def run_lint(argv: Sequence[str]) -> int:
-    from vtp_export.builder import read_export
+    from vtp_export.output_folder import read_export
     from vtp_export.lint import lint_graph
     from vtp_export.targets import TARGETS
 
@@ -184,7 +209,7 @@ def dispatch(argv: Sequence[str]) -> int:
         command, rest = "export", argv
     if command in LISTINGS:
         return run_listing(command, rest)
-    return {"export": run_export, "build": run_build, "lint": run_lint}[command](rest)
+    return {"export": run_export, "build": run_build, "lint": run_lint, "run": run_pipeline}[command](rest)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,3 +45,8 @@ class OutputFolderError(VtpError):
 
 class TargetConstraintError(VtpError):
     """A graph uses something the target's TensorRT cannot run (op, opset, TopK K, data-dependent shape)."""
+
+
+class PipelineError(VtpError):
+    """The runtime cannot serve a request: bad image, prompt too long, an export or engine that does not
+    fit. The one exception type a host process embedding the runtime has to catch."""

@@ -26,7 +26,7 @@ from vtp_export.graph_io import (
 )
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import PruningMethod
-from vtp_export.models import MODELS, geometry_of, random_clip_text, random_vision_stack
+from vtp_export.models import MODELS, VisionStack, geometry_of, random_clip_text, random_vision_stack
 from vtp_export.onnx_export import export_onnx
 from vtp_export.output_folder import check_writable, staged_folder
 from vtp_export.recipe import BUILD_SCRIPT, write_build_script
@@ -140,12 +140,7 @@ def write_graphs(request: ExportRequest, config: LlavaConfig, folder: Path | Non
     """Load the weights, export the graphs, and return what verification needs: the inputs and torch outputs."""
     start = time.perf_counter()
     progress(f"loading {request.model} weights from {folder or f'random init (seed {request.seed})'}")
-    stack = random_vision_stack(config, request.seed) if folder is None else load_checkpoint(folder, config)
-    if method.text_conditioned:
-        progress(f"loading CLIP's text side from {clip_folder or f'random init (seed {request.seed})'}")
-        clip_config = MODELS.get(request.model).make_clip_config() if clip_folder is None else None
-        stack.clip = (random_clip_text(clip_config, request.seed) if clip_folder is None
-                      else load_clip_text(clip_folder, config))
+    stack = load_stack(request.model, config, folder, clip_folder, method.text_conditioned, request.seed)
     encoder = PrunedVisionEncoder(stack, method)
     vision_inputs = verification_inputs(stack.geometry, request.batch, request.verify_samples, seed=request.seed + 1)
     graphs = []
@@ -176,7 +171,8 @@ def write_graphs(request: ExportRequest, config: LlavaConfig, folder: Path | Non
         "producer": PRODUCER,
         "vtp_export_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"name": request.model, "weights": stack.source, "geometry": asdict(stack.geometry),
+        "model": {"name": request.model, "weights": stack.source, "random_weights": folder is None,
+                  "seed": request.seed, "geometry": asdict(stack.geometry),
                   "vision_parameters_bytes_fp32": stack.parameter_bytes()},
         "method": {"name": method.name, "reference": method.reference, "options": method.recorded_options(),
                    "text_conditioned": method.text_conditioned, "exact_selection": method.exact_selection},
@@ -189,6 +185,16 @@ def write_graphs(request: ExportRequest, config: LlavaConfig, folder: Path | Non
         record["model"]["text_max_length"] = stack.clip.max_length
         record["model"]["text_vocab_size"] = stack.clip.config.text_config.vocab_size
     return record, graphs
+
+
+def load_stack(model: str, config: LlavaConfig, folder: Path | None, clip_folder: Path | None,
+               with_clip: bool, seed: int) -> VisionStack:
+    """The vision stack of `folder` (random with `seed` where None), with CLIP's text side if asked."""
+    stack = random_vision_stack(config, seed) if folder is None else load_checkpoint(folder, config)
+    if with_clip:
+        stack.clip = (random_clip_text(MODELS.get(model).make_clip_config(), seed) if clip_folder is None
+                      else load_clip_text(clip_folder, config))
+    return stack
 
 
 def sha256(path: Path) -> str:

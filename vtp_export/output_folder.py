@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from vtp_export.errors import OutputFolderError
+from vtp_export.errors import OutputFolderError, UsageError
 from vtp_export.graph_io import CONFIG_JSON, PRODUCER
 
 
@@ -57,3 +57,18 @@ def staged_folder(out: Path) -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
+
+
+def read_export(folder: Path) -> dict:
+    if not folder.is_dir():
+        raise UsageError(f"export folder {folder} does not exist")
+    if not is_our_folder(folder):
+        raise UsageError(f"{folder} was not written by vtp-export (no config.json from it)")
+    record = json.loads((folder / CONFIG_JSON).read_text())
+    if "graphs" not in record or "target" not in record:
+        raise UsageError(f"{folder} is an engine folder or from an older vtp-export: pass an export folder")
+    for graph in record["graphs"].values():
+        path = folder / graph["file"]
+        if not path.is_file():
+            raise UsageError(f"{folder} lacks {graph['file']}, which its config.json lists")
+    return record

@@ -1,0 +1,201 @@
+"""The runtime against HF LLaVA on llava15-tiny: the same greedy ids, for every method, and bad input as
+one PipelineError."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+from vtp_export.checkpoint import load_checkpoint, load_clip_text, read_llava_config
+from vtp_export.cli import main
+from vtp_export.encoder import ClipTextEncoder, PrunedVisionEncoder
+from vtp_export.errors import PipelineError
+from vtp_export.exporter import ExportRequest, export
+from vtp_export.graph_io import NUM_VALID
+from vtp_export.methods import METHODS
+from vtp_export.runtime import Pipeline
+from vtp_export.runtime.images import image_processor
+from vtp_export.runtime.pipeline import PROMPT_TEMPLATE
+from vtp_export.runtime.tokenizer import IMAGE_TOKEN, clip_input_ids
+
+QUESTION = "What is in the picture?"
+NEW_TOKENS = 8
+
+
+def picture(seed: int = 0, size=(300, 240)) -> np.ndarray:
+    return (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_checkpoint, tiny_clip, tmp_path_factory):
+    """A LLaVA checkpoint with its CLIP model in clip/, so every method (text-conditioned too) exports."""
+    folder = tmp_path_factory.mktemp("bundle") / "llava"
+    shutil.copytree(tiny_checkpoint, folder)
+    shutil.copytree(tiny_clip, folder / "clip")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hf(bundle):
+    return LlavaForConditionalGeneration.from_pretrained(bundle).eval()
+
+
+@pytest.fixture(scope="module")
+def exports(bundle, tmp_path_factory):
+    """method -> its export of the bundle at keep 16 (made once per module)."""
+    root = tmp_path_factory.mktemp("runtime-exports")
+
+    def exported(method: str) -> Path:
+        out = root / method
+        if not out.exists():
+            export(ExportRequest(model="llava15", method=method, keep=None if method == "none" else 16,
+                                 target="cpu", weights=bundle, out=out, verify_samples=1))
+        return out
+
+    return exported
+
+
+def hf_ids_with_pruning(hf, bundle, method_name: str, keep: int, image: np.ndarray) -> list[int]:
+    """HF LLaVA's generate() on inputs_embeds whose image part is the PyTorch pruning of its features."""
+    config = read_llava_config(bundle)
+    stack = load_checkpoint(bundle, config)
+    method = METHODS.get(method_name).create(stack.geometry, keep, {})
+    pixel_values = torch.from_numpy(image_processor(336)([Image.fromarray(image)], return_tensors="np")["pixel_values"])
+    with torch.no_grad():
+        if method.text_conditioned:
+            stack.clip = load_clip_text(bundle / "clip", config)
+            ids = clip_input_ids(AutoTokenizer.from_pretrained(bundle / "clip"), [QUESTION], 77)
+            outputs = PrunedVisionEncoder(stack, method)(pixel_values, ClipTextEncoder(stack.clip)(torch.from_numpy(ids)))
+        else:
+            outputs = PrunedVisionEncoder(stack, method)(pixel_values)
+        valid = int(outputs[2][0]) if NUM_VALID in method.output_names else outputs[0].shape[1]
+        image_embeds = outputs[0][0, :valid]
+        tokenizer = AutoTokenizer.from_pretrained(bundle)
+        ids = tokenizer(PROMPT_TEMPLATE.format(content=f"{IMAGE_TOKEN}\n{QUESTION}"), return_tensors="pt").input_ids[0]
+        slot = int((ids == config.image_token_id).nonzero()[0])
+        embed = hf.get_input_embeddings()
+        inputs_embeds = torch.cat([embed(ids[:slot]), image_embeds, embed(ids[slot + 1:])]).unsqueeze(0)
+        generated = hf.generate(inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2]),
+                                max_new_tokens=NEW_TOKENS, do_sample=False)
+    return generated[0].tolist()
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS.names() if m != "none"])
+def test_greedy_ids_equal_hf_with_the_same_pruning(method, bundle, hf, exports):
+    # VisPruner's kept set legitimately differs between backends (float noise, see its module): its
+    # runtime runs the PyTorch backend here, so that the pruning is the same and the LLM side is compared.
+    backend = "onnxruntime" if METHODS.get(method).exact_selection else "torch"
+    pipe = Pipeline.from_dir(exports(method), backend=backend)
+    answer = pipe.answer(QUESTION, [picture()], max_new_tokens=NEW_TOKENS)
+    assert answer.token_ids == hf_ids_with_pruning(hf, bundle, method, 16, picture())
+    assert answer.backend == backend and answer.time_to_first_token_s > 0
+
+
+def test_none_equals_unmodified_hf_llava_generate(bundle, hf, exports):
+    pipe = Pipeline.from_dir(exports("none"))
+    answer = pipe.answer(QUESTION, [picture(1)], max_new_tokens=NEW_TOKENS)
+    tokenizer = AutoTokenizer.from_pretrained(bundle)
+    prompt = PROMPT_TEMPLATE.format(content=IMAGE_TOKEN * 576 + "\n" + QUESTION)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    pixel_values = torch.from_numpy(image_processor(336)([Image.fromarray(picture(1))], return_tensors="np")["pixel_values"])
+    with torch.no_grad():
+        reference = hf.generate(input_ids=ids, pixel_values=pixel_values, max_new_tokens=NEW_TOKENS, do_sample=False)
+    assert answer.token_ids == reference[0, ids.shape[1]:].tolist()
+    assert answer.image_tokens == [576]
+
+
+def test_backends_agree(exports):
+    answers = [Pipeline.from_dir(exports("visionzip"), backend=b).answer(QUESTION, [picture(2)], max_new_tokens=6)
+               for b in ("onnxruntime", "torch")]
+    assert answers[0].token_ids == answers[1].token_ids and answers[1].backend == "torch"
+
+
+def test_batch_and_several_images_per_prompt(exports):
+    pipe = Pipeline.from_dir(exports("fastervlm"))
+    single = [pipe.answer(QUESTION, [picture(s)], max_new_tokens=5).token_ids for s in (3, 4)]
+    batch = pipe.answer_batch([(QUESTION, [picture(3)]), ("Compare <image> with <image>.", [picture(3), picture(4)]),
+                               (QUESTION, [picture(4)])], max_new_tokens=5)
+    assert batch[0].token_ids == single[0] and batch[2].token_ids == single[1], "left padding changes nothing"
+    assert batch[1].image_tokens == [16, 16]
+
+
+def test_position_policies(exports):
+    pipe = Pipeline.from_dir(exports("fastervlm"), position_ids="original")
+    vision = pipe.encode_images([picture()], [QUESTION])
+    sequence = pipe.sequence(f"{IMAGE_TOKEN}\n{QUESTION}", vision, range(1))
+    prefix = int((pipe.tokenizer(PROMPT_TEMPLATE.format(content=IMAGE_TOKEN), return_tensors="pt").input_ids[0]
+                  == pipe.image_token_id).nonzero()[0])
+    kept = torch.from_numpy(vision["token_index"][0])
+    assert torch.equal(sequence.positions[prefix:prefix + 16], prefix + kept - 1)
+    assert int(sequence.positions[prefix + 16]) == prefix + 576, "text resumes after all N patch positions"
+    pipe.position_ids = "sequential"
+    assert torch.equal(pipe.sequence(f"{IMAGE_TOKEN}\n{QUESTION}", vision, range(1)).positions,
+                       torch.arange(len(sequence.positions)))
+
+
+def test_streaming_and_sampling(exports):
+    pipe = Pipeline.from_dir(exports("fastervlm"))
+    pieces = []
+    greedy = pipe.answer(QUESTION, [picture()], max_new_tokens=6, on_text=lambda b, piece: pieces.append(piece))
+    assert "".join(pieces) == greedy.text
+    sampled = [pipe.answer(QUESTION, [picture()], max_new_tokens=6, temperature=1.0, seed=s).token_ids for s in (0, 0, 1)]
+    assert sampled[0] == sampled[1] and sampled[0] != sampled[2]
+
+
+def test_iqr_trim_feeds_only_the_valid_tokens(bundle, tmp_path):
+    out = export(ExportRequest(model="llava15", method="trim", keep=300, target="cpu", weights=bundle,
+                               out=tmp_path / "e", verify_samples=1, method_options={"count": "iqr"}))
+    pipe = Pipeline.from_dir(out)
+    valid = int(pipe.encode_images([picture()], [QUESTION])[NUM_VALID][0])
+    assert pipe.answer(QUESTION, [picture()], max_new_tokens=2).image_tokens == [valid] and valid < 300
+
+
+@pytest.fixture
+def damaged(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    Image.fromarray(np.zeros((8, 8), np.float32), mode="F").save(tmp_path / "float.tiff")
+    return tmp_path
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda p, d: p.answer(QUESTION, [d / "missing.png"]), "does not exist"),
+    (lambda p, d: p.answer(QUESTION, [d / "broken.png"]), "cannot be read"),
+    (lambda p, d: p.answer(QUESTION, [d / "float.tiff"]), "unsupported image mode 'F'"),
+    (lambda p, d: p.answer(QUESTION, [np.zeros((4, 4, 3), np.float32)]), "numpy image must be uint8"),
+    (lambda p, d: p.answer(QUESTION, [42]), "unsupported image type int"),
+    (lambda p, d: p.answer("<image> and <image>", [picture()]), "2 <image> placeholders for 1 images"),
+    (lambda p, d: p.answer(QUESTION * 400, [picture()]), "exceeds the LLM's context of 2048"),
+    (lambda p, d: p.answer(QUESTION, [picture()], max_new_tokens=0), "must be at least 1"),
+])
+def test_bad_requests_raise_one_error_type(exports, damaged, call, message):
+    pipe = Pipeline.from_dir(exports("fastervlm"))
+    with pytest.raises(PipelineError, match=message):
+        call(pipe, damaged)
+
+
+def test_bad_folders_and_backends(exports, tmp_path):
+    with pytest.raises(PipelineError, match="does not exist"):
+        Pipeline.from_dir(tmp_path / "nowhere")
+    with pytest.raises(PipelineError, match="has no engine/ folder"):
+        Pipeline.from_dir(exports("fastervlm"), backend="tensorrt")
+    with pytest.raises(PipelineError, match="unknown backend 'cuda'"):
+        Pipeline.from_dir(exports("fastervlm"), backend="cuda")
+    without_text = tmp_path / "trim"
+    shutil.copytree(exports("trim"), without_text)
+    (without_text / "text.onnx").unlink()
+    with pytest.raises(PipelineError, match="lacks text.onnx"):
+        Pipeline.from_dir(without_text)
+
+
+def test_cli_run_streams_the_answer(exports, tmp_path, capsys):
+    Image.fromarray(picture()).save(tmp_path / "picture.png")
+    assert main(["run", str(exports("fastervlm")), "--image", str(tmp_path / "picture.png"), "--prompt", QUESTION,
+                 "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "[vtp-export] " in out and "time to first token" in out and "(16 visual)" in out
+    assert main(["run", str(exports("fastervlm")), "--image", str(tmp_path / "nope.png"), "--prompt", "x"]) == 2
+    assert "vtp-export: error: image" in capsys.readouterr().err
