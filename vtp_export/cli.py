@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from pathlib import Path
 from vtp_export.errors import UsageError, VtpError
 from vtp_export.graph_io import CONFIG_JSON
 
-COMMANDS = ("export", "build", "lint", "run", "models", "methods", "targets")
+COMMANDS = ("export", "build", "lint", "run", "profile", "models", "methods", "targets")
 LISTINGS = ("models", "methods", "targets")
 DEBUG_ENV = "VTP_EXPORT_DEBUG"
 
@@ -125,6 +126,73 @@ def run_pipeline(argv: Sequence[str]) -> int:
     return 0
 
 
+def run_profile(argv: Sequence[str]) -> int:
+    import tempfile
+
+    from vtp_export import profiling
+    from vtp_export.checkpoint import read_llava_config
+    from vtp_export.exporter import ExportRequest, export
+    from vtp_export.models import MODELS
+    from vtp_export.output_folder import read_export
+    from vtp_export.runtime.pipeline import llava_config_of
+
+    p = Parser(prog="vtp-export profile", description="Latency profile of export folders (DIR ...), of a sweep "
+               "over methods and keeps (--model --method a,b --keep k1,k2 --target), or a --compare of two reports.")
+    p.add_argument("folders", type=Path, nargs="*", help="export folders to profile")
+    p.add_argument("--model", help="sweep: model to export")
+    p.add_argument("--method", help="sweep: comma-separated methods")
+    p.add_argument("--keep", help="sweep: comma-separated keeps; N (all tokens) profiles the unpruned model")
+    p.add_argument("--target", default="cpu", help="sweep: export target (default cpu)")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--weights", type=Path, help="sweep: LLaVA checkpoint folder")
+    weights.add_argument("--random-weights", action="store_true", help="sweep: seeded random weights")
+    p.add_argument("--llm-layers", type=int, help="random LLM with this many decoder layers (width and vocabulary "
+                   "of the checkpoint); for machines that cannot hold the full LLM")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per stage after warm-up (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    p.add_argument("--duration", type=float, help="seconds per stage instead of a run count")
+    p.add_argument("--new-tokens", type=int, default=16, help="decoded tokens per decode measurement (default 16)")
+    p.add_argument("--backend", help="vision backend: onnxruntime, tensorrt or torch (default: best available)")
+    p.add_argument("--out", type=Path, default=Path("profile"), help="report folder (default ./profile)")
+    p.add_argument("--compare", type=Path, nargs=2, metavar=("BEFORE", "AFTER"), help="two report.json files")
+    args = p.parse_args(argv)
+    if args.compare:
+        print(profiling.compare(*(profiling.read_report(path) for path in args.compare)))
+        return 0
+    if args.runs < 1 or args.warmup < 0:
+        raise UsageError("--runs must be at least 1 and --warmup not negative")
+    timing = dict(runs=args.runs, warmup=args.warmup, duration_s=args.duration, backend=args.backend,
+                  new_tokens=args.new_tokens)
+    profiles = []
+    if args.folders:
+        for i, folder in enumerate(args.folders):
+            progress(profiling.progress_bar(i, len(args.folders), str(folder)))
+            llm = None
+            if args.llm_layers is not None:
+                llm = profiling.random_llm(llava_config_of(read_export(folder)), args.llm_layers)
+            profiles.append(profiling.profile_export(folder, llm=llm, **timing))
+    else:
+        if not (args.model and args.method and args.keep):
+            raise UsageError("profile needs export folders, or --model, --method and --keep for a sweep")
+        config = MODELS.get(args.model).make_config() if args.weights is None else read_llava_config(args.weights)
+        llm = profiling.random_llm(config, args.llm_layers) if args.weights is None or args.llm_layers else None
+        runs = profiling.sweep_plan(args.method.split(","), [int(k) for k in args.keep.split(",")], config)
+        with tempfile.TemporaryDirectory(prefix="vtp-profile-") as scratch:
+            for i, (method, keep) in enumerate(runs):
+                progress(profiling.progress_bar(i, len(runs), f"{method} k{keep or 'all'}"))
+                out = export(ExportRequest(model=args.model, method=method, keep=keep, target=args.target,
+                                           weights=args.weights, random_weights=args.random_weights,
+                                           out=Path(scratch) / f"{method}-{keep}", verify_samples=1))
+                profiles.append(profiling.profile_export(out, llm=llm, **timing))
+                shutil.rmtree(out)
+        progress(profiling.progress_bar(len(runs), len(runs), "done"))
+    report = profiling.new_report(profiles)
+    written = profiling.write_report(report, args.out)
+    print(profiling.table(report))
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
 def run_lint(argv: Sequence[str]) -> int:
     from vtp_export.output_folder import read_export
     from vtp_export.lint import lint_graph
@@ -209,7 +277,8 @@ def dispatch(argv: Sequence[str]) -> int:
         command, rest = "export", argv
     if command in LISTINGS:
         return run_listing(command, rest)
-    return {"export": run_export, "build": run_build, "lint": run_lint, "run": run_pipeline}[command](rest)
+    commands = {"export": run_export, "build": run_build, "lint": run_lint, "run": run_pipeline, "profile": run_profile}
+    return commands[command](rest)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

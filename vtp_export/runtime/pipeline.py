@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import LlavaConfig
 
 from vtp_export.checkpoint import read_llava_config
 from vtp_export.errors import PipelineError, VtpError
@@ -74,11 +75,11 @@ class Pipeline:
             raise PipelineError(f"position_ids={position_ids!r} is not one of {', '.join(POSITION_POLICIES)}")
         try:
             record = read_export(folder)
-            model = record["model"]
-            weights = None if model["random_weights"] else Path(model["weights"])
-            config = MODELS.get(model["name"]).make_config() if weights is None else read_llava_config(weights)
+            config = llava_config_of(record)
         except VtpError as error:
             raise PipelineError(str(error)) from None
+        model = record["model"]
+        weights = None if model["random_weights"] else Path(model["weights"])
         if record["method"]["text_conditioned"] and "text" not in record["graphs"]:
             raise PipelineError(f"{folder}: {record['method']['name']} is text-conditioned but the export has no "
                                 "text graph")
@@ -208,6 +209,14 @@ class Pipeline:
         positions.append(torch.arange(position, position + len(text)))
         return Sequence(torch.cat(pieces), torch.cat(positions), counts)
 
+
+
+def llava_config_of(record: dict) -> LlavaConfig:
+    """The LLaVA config of the checkpoint an export came from (the model's own for random weights)."""
+    model = record["model"]
+    if model["random_weights"]:
+        return MODELS.get(model["name"]).make_config()
+    return read_llava_config(Path(model["weights"]))
 
 
 def left_padded(sequences: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
