@@ -4,7 +4,7 @@ Prints, and writes as JSON with --json:
   1. `vtp-export --model llava15 --method holov --keep 64 --target orin --random-weights`: wall time and
      peak RSS of the process, against the target peak < 2x the fp32 weight size of the exported part;
   2. onnxruntime latency and node count of the whole vision graph for `none` and every method at --keep;
-  3. the pruning stage's own cost (fastest of 3x runs, as is the projector it is compared with): the
+  3. the pruning stage's own cost (median of paired runs against the projector alone): the
      method on precomputed features (with what it computes beyond the
      feature layer: PruMerge's next-layer keys, CLIP's visual projection for text-conditioned methods)
      minus the projector over the tokens it projects, as a share of the vision tower up to the feature
@@ -100,7 +100,7 @@ def median_torch_latency(fn, runs: int) -> float:
     return statistics.median(times)
 
 
-def latencies(path: Path, feeds: dict, runs: int) -> list[float]:
+def median_latency(path: Path, feeds: dict, runs: int) -> float:
     session = onnxruntime_session(path)
     session.run(None, feeds)
     times = []
@@ -108,17 +108,26 @@ def latencies(path: Path, feeds: dict, runs: int) -> list[float]:
         start = time.perf_counter()
         session.run(None, feeds)
         times.append(time.perf_counter() - start)
-    return times
+    return statistics.median(times)
 
 
-def median_latency(path: Path, feeds: dict, runs: int) -> float:
-    return statistics.median(latencies(path, feeds, runs))
-
-
-def fastest_latency(path: Path, feeds: dict, runs: int) -> float:
-    """The least time of `runs`: the cost of the work itself, for subtracting two small stages (medians
-    of a ~60 ms projector swing by several ms on shared cores)."""
-    return min(latencies(path, feeds, runs))
+def paired_difference(path: Path, feeds: dict, baseline: Path, baseline_feeds: dict, runs: int) -> tuple[float, float]:
+    """(median latency of `path`, median of its per-pair excess over `baseline`), the two run back to back
+    in each pair: drift of a shared machine cancels in the pairs, where two separate medians of ~60 ms
+    stages differ by several ms run to run."""
+    session, reference = onnxruntime_session(path), onnxruntime_session(baseline)
+    session.run(None, feeds)
+    reference.run(None, baseline_feeds)
+    totals, excess = [], []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        middle = time.perf_counter()
+        reference.run(None, baseline_feeds)
+        end = time.perf_counter()
+        totals.append(middle - start)
+        excess.append((middle - start) - (end - middle))
+    return statistics.median(totals), statistics.median(excess)
 
 
 def cli_export(keep: int, scratch: Path) -> dict:
@@ -185,13 +194,13 @@ def main() -> int:
         figures["tower_s"] = round(tower_s, 4)
         print(f"vision tower to the feature layer: {tower_s * 1e3:.1f} ms", flush=True)
 
-        projector_cost = {}
+        projectors = {}
         for tokens in sorted({geometry.num_patches, args.keep}):
             path = scratch / f"projector-{tokens}.onnx"
             x = features.patches[:, :tokens].contiguous()
             with torch.no_grad():
                 export_onnx(stack.projector, (x,), path, ("tokens",), ("projected",), 18, dynamic_batch=False)
-            projector_cost[tokens] = fastest_latency(path, {"tokens": x.numpy()}, 3 * args.runs)
+            projectors[tokens] = (path, {"tokens": x.numpy()})
 
         rows = {}
         for name, method in methods.items():
@@ -211,9 +220,9 @@ def main() -> int:
             with torch.no_grad():
                 export_onnx(PruningStage(encoder), stage_example, stage_path, STAGE_INPUTS, method.output_names, 18,
                             dynamic_batch=False)
-            stage_s = fastest_latency(stage_path, stage_feeds, 3 * args.runs)
             projected = geometry.num_patches if method.projects_all_tokens else args.keep
-            selection_s = max(stage_s - projector_cost[projected], 0.0)
+            stage_s, selection_s = paired_difference(stage_path, stage_feeds, *projectors[projected], 3 * args.runs)
+            selection_s = max(selection_s, 0.0)
             features.text_embeds = text_embeds
             with torch.no_grad():
                 has_official = official(method, encoder, features) is not None

@@ -143,18 +143,18 @@ def write_graphs(request: ExportRequest, config: LlavaConfig, folder: Path | Non
     stack = load_stack(request.model, config, folder, clip_folder, method.text_conditioned, request.seed)
     encoder = PrunedVisionEncoder(stack, method)
     vision_inputs = verification_inputs(stack.geometry, request.batch, request.verify_samples, seed=request.seed + 1)
-    graphs = []
+    text_graph = None
     if method.text_conditioned:
         text_encoder = ClipTextEncoder(stack.clip)
         text_inputs = [{INPUT_IDS: random_input_ids(request.batch, stack.clip.max_length,
                                                     stack.clip.config.text_config.vocab_size, request.seed + i)}
                        for i in range(request.verify_samples)]
-        text_expected = torch_outputs(text_encoder, text_inputs, TEXT_OUTPUTS)
-        for sample, text in zip(vision_inputs, text_expected):
+        text_graph = WrittenGraph("text", stage / TEXT_ONNX, text_inputs,
+                                  torch_outputs(text_encoder, text_inputs, TEXT_OUTPUTS))
+        for sample, text in zip(vision_inputs, text_graph.expected):
             sample[TEXT_EMBEDS] = text[TEXT_EMBEDS]
-        graphs.append(WrittenGraph("text", stage / TEXT_ONNX, text_inputs, text_expected))
-    vision_expected = torch_outputs(encoder, vision_inputs, method.output_names)
-    graphs.insert(0, WrittenGraph("vision", stage / VISION_ONNX, vision_inputs, vision_expected, method.exact_selection))
+    vision_graph = WrittenGraph("vision", stage / VISION_ONNX, vision_inputs,
+                                torch_outputs(encoder, vision_inputs, method.output_names), method.exact_selection)
     load_s = round(time.perf_counter() - start, 2)
 
     progress(f"exporting {method.name} keep={method.keep} to ONNX (opset {target.opset})")
@@ -162,10 +162,10 @@ def write_graphs(request: ExportRequest, config: LlavaConfig, folder: Path | Non
     primitive_layer_norm = "LayerNormalization" in target.unsupported_ops
     with torch.no_grad():
         vision_example = tuple(torch.from_numpy(a) for a in vision_inputs[0].values())
-        export_onnx(encoder, vision_example, graphs[0].path, encoder.input_names, method.output_names, target.opset,
-                    request.dynamic_batch, primitive_layer_norm)
-        if method.text_conditioned:
-            export_onnx(text_encoder, (torch.from_numpy(text_inputs[0][INPUT_IDS]),), graphs[1].path, TEXT_INPUTS,
+        export_onnx(encoder, vision_example, vision_graph.path, encoder.input_names, method.output_names,
+                    target.opset, request.dynamic_batch, primitive_layer_norm)
+        if text_graph is not None:
+            export_onnx(text_encoder, (torch.from_numpy(text_inputs[0][INPUT_IDS]),), text_graph.path, TEXT_INPUTS,
                         TEXT_OUTPUTS, target.opset, request.dynamic_batch, primitive_layer_norm)
     record = {
         "producer": PRODUCER,
@@ -184,7 +184,7 @@ def write_graphs(request: ExportRequest, config: LlavaConfig, folder: Path | Non
         record["model"]["text_weights"] = stack.clip.source
         record["model"]["text_max_length"] = stack.clip.max_length
         record["model"]["text_vocab_size"] = stack.clip.config.text_config.vocab_size
-    return record, graphs
+    return record, [vision_graph] + ([text_graph] if text_graph is not None else [])
 
 
 def load_stack(model: str, config: LlavaConfig, folder: Path | None, clip_folder: Path | None,

@@ -199,8 +199,8 @@ def ideal_ratio(visual: int, prompt: int, full_visual: int) -> float:
 
 
 def sweep_summary(reports: list[dict]) -> list[dict]:
-    """One row per export: TTFT (prefill, and prefill plus the pruning stage) and its ratio to the unpruned
-    export of the same model, next to the ideal ratio of the token counts."""
+    """One row per export: TTFT (prefill, and prefill plus any extra cost of the pruning stage) as a ratio to
+    the unpruned export of the same model, next to the ideal ratio of the token counts."""
     full = next((r for r in reports if r["export"]["method"] == "none"), None)
     rows = []
     for r in reports:
@@ -211,7 +211,8 @@ def sweep_summary(reports: list[dict]) -> list[dict]:
                "decode_ms_per_token": r["stages"]["decode_per_token"]["p50_ms"]}
         if full is not None:
             full_prefill = full["stages"]["prefill"]["p50_ms"]
-            overhead = max(row["vision_graph_ms"] - full["stages"]["vision_graph"]["p50_ms"], 0.0)
+            # what the pruning stage costs beyond the unpruned model's projector (often less: fewer tokens projected)
+            overhead = max(row["pruning_stage_ms"] - full["stages"]["pruning_stage"]["p50_ms"], 0.0)
             row |= {"ttft_ratio": round(prefill / full_prefill, 3),
                     "ttft_with_overhead_ratio": round((prefill + overhead) / full_prefill, 3),
                     "ideal_ratio": round(ideal_ratio(r["tokens"]["visual"], r["tokens"]["prompt"],
@@ -241,13 +242,15 @@ def plot(report: dict, out: Path) -> list[Path]:
     from matplotlib import pyplot
 
     profiles = report["profiles"]
-    methods = sorted({r["export"]["method"] for r in profiles})
+    unpruned = [r for r in profiles if r["export"]["method"] == "none"]  # every method's curve starts there
+    methods = sorted({r["export"]["method"] for r in profiles} - {"none"}) or ["none"]
     figure, axes = pyplot.subplots(1, 2, figsize=(11, 4))
     for method in methods:
-        points = sorted((r["tokens"]["visual"], r) for r in profiles if r["export"]["method"] == method)
-        keeps = [k for k, _ in points]
-        axes[0].plot(keeps, [r["stages"]["prefill"]["p50_ms"] for _, r in points], marker="o", label=method)
-        axes[1].plot(keeps, [r["stages"]["vision_graph"]["p50_ms"] for _, r in points], marker="o", label=method)
+        pool = [r for r in profiles if r["export"]["method"] == method] + (unpruned if method != "none" else [])
+        pool.sort(key=lambda r: r["tokens"]["visual"])
+        keeps = [r["tokens"]["visual"] for r in pool]
+        axes[0].plot(keeps, [r["stages"]["prefill"]["p50_ms"] for r in pool], marker="o", label=method)
+        axes[1].plot(keeps, [r["stages"]["vision_graph"]["p50_ms"] for r in pool], marker="o", label=method)
     for axis, title in zip(axes, ("LLM prefill (time to first token)", "vision graph (tower + pruning)")):
         axis.set(xlabel="visual tokens", ylabel="p50 ms", title=title)
         axis.grid(alpha=0.3)
