@@ -98,3 +98,11 @@ def test_cli_build_and_lint(orin_trim, capsys):
     assert "vision.onnx: fits orin" in capsys.readouterr().out
     assert main(["lint", str(orin_trim), "--target", "jetpack5-orin"]) == 2
     assert "opset 18 is above the target's ceiling 17" in capsys.readouterr().err
+
+
+def test_export_with_build_flag_explains_the_device_build(tmp_path, capsys):
+    assert main(["--model", "llava15-tiny", "--method", "fastervlm", "--keep", "8", "--target", "orin-nano",
+                 "--out", str(tmp_path / "e"), "--verify-samples", "1", "--build"]) == 0
+    out = capsys.readouterr().out
+    assert "engines are built on the device; copy" in out and "Jetson Orin Nano" in out
+    assert "workspace:1024M" in (tmp_path / "e" / BUILD_SCRIPT).read_text()
