@@ -24,6 +24,7 @@ from vtp_export.errors import UsageError, VtpError
 from vtp_export.graph_io import (
     CONFIG_JSON, IMAGE_EMBEDS, INPUT_IDS, PIXEL_VALUES, PRODUCER, TEXT_EMBEDS, TOKEN_INDEX,
 )
+from vtp_export.onnx_export import MAX_DYNAMIC_BATCH
 from vtp_export.output_folder import read_export, staged_folder
 from vtp_export.precision import engine_precision, float32_nodes
 from vtp_export.recipe import BUILD_SCRIPT, TIMING_CACHE, engine_name, write_build_script
@@ -31,7 +32,6 @@ from vtp_export.targets import TARGETS, Target
 from vtp_export.verify import matched_rows, random_input_ids, set_overlap
 
 ENGINE_FOLDER = "engine"
-MAX_DYNAMIC_BATCH = 64
 # fp16 engine against the fp32 graph: what "agrees" means (recorded, not enforced: fp16 near-ties flip choices).
 FP16_TOLERANCE = {"atol": 5e-2, "rtol": 5e-2}
 

@@ -5,10 +5,11 @@ with. The engine folder's config.json records both; `check_engine_matches` compa
 """
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from vtp_export.errors import VtpError
+from vtp_export.graph_io import CONFIG_JSON
 from vtp_export.targets import version_tuple
 
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
@@ -34,9 +35,6 @@ class Device:
         trt = f"TensorRT {self.tensorrt}" if self.tensorrt else "no TensorRT"
         jetpack = f", JetPack {self.jetpack}" if self.jetpack else ""
         return f"{trt}, {gpu}{jetpack}"
-
-    def as_record(self) -> dict:
-        return asdict(self)
 
 
 def jetpack_line() -> str | None:
@@ -69,7 +67,7 @@ def this_device() -> Device:
 
 
 def read_engine_record(folder: Path) -> dict:
-    path = folder / "config.json"
+    path = folder / CONFIG_JSON
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:

@@ -27,7 +27,7 @@ from vtp_export.graph_io import (
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import PruningMethod
 from vtp_export.models import MODELS, VisionStack, geometry_of, random_clip_text, random_vision_stack
-from vtp_export.onnx_export import export_onnx
+from vtp_export.onnx_export import MAX_DYNAMIC_BATCH, export_onnx
 from vtp_export.output_folder import check_writable, staged_folder
 from vtp_export.recipe import BUILD_SCRIPT, write_build_script
 from vtp_export.signature import graph_signature
@@ -39,7 +39,6 @@ from vtp_export.verify import (
     Arrays, compare_with_onnxruntime, random_input_ids, torch_outputs, verification_inputs,
 )
 
-MAX_DYNAMIC_BATCH = 64
 TENSORRT_CHECKS = ("parse", "build")
 
 Progress = Callable[[str], None]

@@ -46,6 +46,7 @@ def layer_norm_as_primitives(x, normalized_shape, weight=None, bias=None, eps: f
 
 
 BATCH_PROBE = 3  # batch size the shape check pins a dynamic batch axis to
+MAX_DYNAMIC_BATCH = 64  # largest batch of a dynamic-batch graph (and of its TensorRT profile)
 DYNAMO_MIN_OPSET = 18  # the dynamo exporter's lowest opset; older targets get a converted graph
 
 CUSTOM_TRANSLATIONS = {torch.ops.aten.sort.stable: stable_sort_as_topk}
@@ -68,7 +69,7 @@ def export_onnx(
     """
     dynamic_shapes = None
     if dynamic_batch:
-        batch = torch.export.Dim("batch", min=1, max=64)
+        batch = torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)
         dynamic_shapes = tuple({0: batch} for _ in example_inputs)
     with quiet_exporter():
         try:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from vtp_export import __version__
-from vtp_export.engine import jetpack_line
+from vtp_export.engine import this_device
 from vtp_export.errors import UsageError
 from vtp_export.graph_io import PIXEL_VALUES, TEXT_EMBEDS
 from vtp_export.methods.base import VisionFeatures
@@ -99,20 +99,15 @@ def device_record() -> dict:
                      "transformers": transformers.__version__},
         "gpu": None,
     }
-    try:
-        import tensorrt
-
-        record["versions"]["tensorrt"] = tensorrt.__version__
-    except Exception:  # absent, or its libraries do not load
-        pass
-    if torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability(0)
-        record["gpu"] = {"name": torch.cuda.get_device_name(0), "sm": major * 10 + minor,
+    device = this_device()
+    if device.tensorrt is not None:
+        record["versions"]["tensorrt"] = device.tensorrt
+    if device.sm is not None:
+        record["gpu"] = {"name": device.gpu_name, "sm": device.sm,
                          "driver": command_output(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
                          "cuda": torch.version.cuda}
-    jetpack = jetpack_line()
-    if jetpack is not None:
-        record["jetson"] = {"jetpack": jetpack, "nvpmodel": command_output(["nvpmodel", "-q"]),
+    if device.jetpack is not None:
+        record["jetson"] = {"jetpack": device.jetpack, "nvpmodel": command_output(["nvpmodel", "-q"]),
                             "jetson_clocks": command_output(["jetson_clocks", "--show"])}
     return record
 

@@ -6,7 +6,6 @@ Each maps graph input names to graph output names, exactly as the exported graph
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from vtp_export.builder import ENGINE_FOLDER
 from vtp_export.checkpoint import read_llava_config
@@ -14,11 +13,11 @@ from vtp_export.encoder import ClipTextEncoder, PrunedVisionEncoder
 from vtp_export.engine import EngineMismatchError, check_engine_matches, read_engine_record, this_device
 from vtp_export.errors import PipelineError
 from vtp_export.exporter import load_stack
-from vtp_export.graph_io import TEXT_OUTPUTS
+from vtp_export.graph_io import CONFIG_JSON, TEXT_OUTPUTS
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS, geometry_of
 from vtp_export.recipe import engine_name
-from vtp_export.verify import onnxruntime_session
+from vtp_export.verify import onnxruntime_session, torch_outputs
 
 Arrays = dict[str, np.ndarray]
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
@@ -87,11 +86,8 @@ class TorchBackend:
             self.modules["text"], self.outputs["text"] = ClipTextEncoder(stack.clip), TEXT_OUTPUTS
         self.device = "cpu"
 
-    @torch.no_grad()
     def run(self, role: str, feeds: Arrays) -> Arrays:
-        outputs = self.modules[role](*(torch.from_numpy(a) for a in feeds.values()))
-        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-        return {name: t.numpy() for name, t in zip(self.outputs[role], outputs)}
+        return torch_outputs(self.modules[role], [feeds], self.outputs[role])[0]
 
 
 def open_backend(folder: Path, record: dict, name: str | None):
@@ -100,7 +96,7 @@ def open_backend(folder: Path, record: dict, name: str | None):
         raise PipelineError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
     if name is None:
         device = this_device()
-        has_engine = (folder / ENGINE_FOLDER / "config.json").is_file()
+        has_engine = (folder / ENGINE_FOLDER / CONFIG_JSON).is_file()
         name = "tensorrt" if has_engine and device.tensorrt and device.sm is not None else "onnxruntime"
     if name == "tensorrt":
         if not (folder / ENGINE_FOLDER).is_dir():
