@@ -207,25 +207,33 @@ def trim(patches: Tensor, image_embeds: Tensor, text_embeds: Tensor, kept: int |
     return tokens, positions
 
 
-def cdpruner(projected: Tensor, image_embeds: Tensor, text_embeds: Tensor, keep: int) -> tuple[Tensor, Tensor]:
+def cdpruner(projected: Tensor, image_embeds: Tensor, text_embeds: Tensor, keep: int,
+             exhausted_gain: float = 1e-3) -> tuple[Tensor, Tensor]:
     """projected (B, N, D) post-projector; image_embeds (B, N, P), text_embeds (B, P). One image at a time
-    (the official batch-wide min-max equals per-image at batch 1)."""
+    (the official batch-wide min-max equals per-image at batch 1), in float64: the true picks that the
+    float32 graph must reproduce. The official loop plus the stated exhausted-kernel rule: once the best
+    gain is at most exhausted_gain x max diag(L), the lowest unpicked indices fill the remaining slots."""
     tokens, positions = [], []
     for b in range(projected.shape[0]):
-        features = projected[b:b + 1]
-        normalized = (features / features.norm(dim=-1, keepdim=True)).float()
+        features = projected[b:b + 1].double()
+        normalized = features / features.norm(dim=-1, keepdim=True)
         similarity = normalized @ normalized.transpose(1, 2)
-        image = image_embeds[b:b + 1] / image_embeds[b:b + 1].norm(dim=-1, keepdim=True)
-        text = text_embeds[b:b + 1] / text_embeds[b:b + 1].norm(dim=-1, keepdim=True)
+        image = image_embeds[b:b + 1].double() / image_embeds[b:b + 1].double().norm(dim=-1, keepdim=True)
+        text = text_embeds[b:b + 1].double() / text_embeds[b:b + 1].double().norm(dim=-1, keepdim=True)
         relevance = (-(image @ text.t())).mean(dim=-1)
         relevance = (relevance - relevance.min() + 1e-6) / (relevance.max() - relevance.min())
         kernel = relevance.unsqueeze(2) * similarity * relevance.unsqueeze(1)
         n = kernel.shape[1]
-        cis = torch.zeros(keep, 1, n)
+        cis = torch.zeros(keep, 1, n, dtype=torch.float64)
         di2s = torch.diagonal(kernel, dim1=1, dim2=2).clone()
+        floor = exhausted_gain * di2s.max()
         select = torch.empty(keep, 1, dtype=torch.long)
         for i in range(keep):
             j = torch.argmax(di2s, dim=-1)
+            if di2s[0, j] <= floor:
+                unpicked = [t for t in range(n) if t not in select[:i, 0].tolist()]
+                select[i:, 0] = torch.tensor(unpicked[:keep - i])
+                break
             select[i] = j
             eis = (kernel[torch.arange(1), j] - torch.einsum('tb,tbn->bn', cis[:i, torch.arange(1), j], cis[:i])) \
                 / torch.sqrt(di2s[torch.arange(1), j]).unsqueeze(-1)
@@ -233,7 +241,7 @@ def cdpruner(projected: Tensor, image_embeds: Tensor, text_embeds: Tensor, keep:
             di2s -= torch.square(eis)
             di2s[torch.arange(1), j] = -float('inf')
         chosen = torch.sort(select.t()).values[0]
-        tokens.append(features[0, chosen])
+        tokens.append(projected[b, chosen])
         positions.append(chosen + 1)
     return torch.stack(tokens), torch.stack(positions)
 

@@ -10,8 +10,15 @@ min-max normalises over the whole batch tensor; here it is per image, which equa
 batch 1 (how it is evaluated) and keeps batch items independent. One 77-token text segment: the official
 code averages the relevance over 77-token segments of longer questions.
 The greedy loop has a fixed length (keep), so it is unrolled with a (B, keep, N) buffer of Cholesky rows.
-The kernel's rank is at most the LLM width D, and the greedy gains reach zero (NaN picks in the official
-code) after that many picks, so keep is limited to D (4096 for LLaVA-1.5: never binding).
+
+Exhausted kernel (a stated rule; the official loop has none): the residual gains only shrink, and once
+the best one is at most EXHAUSTED_GAIN x the kernel's largest diagonal entry, every remaining token is
+redundant with the picked set: the float32 Cholesky update cannot rank gains that small (it subtracts
+from the diagonal, so its absolute error grows to ~1e-5 of the diagonal), and the official loop picks by
+rounding noise there; once a gain turns negative its gains are all NaN and it repeats the first patch.
+Here the remaining slots take the lowest unpicked indices instead (distinct tokens). The kernel's rank is
+at most the LLM width D, so this always happens after D picks; keep is therefore limited to D (4096 for
+LLaVA-1.5: never binding), and near-duplicate tokens (flat image regions) reach it earlier.
 """
 
 import torch
@@ -20,8 +27,13 @@ from torch import Tensor, nn
 from vtp_export.errors import UsageError
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import PruningMethod, VisionFeatures
-from vtp_export.methods.ops import gather_rows, sorted_ascending
+from vtp_export.methods.ops import for_scoring, gather_rows, sorted_ascending
 from vtp_export.models import Geometry
+
+# Relative gain below which the kernel counts as exhausted: 30x the worst-case float32 error of the
+# Cholesky gains after 576 steps (576 x 2**-24 = 3.4e-5 of the diagonal). tests/methods/test_stability.py
+# checks that float32 picks equal float64 picks on the tiny model, where the kernel's rank (64) is reached.
+EXHAUSTED_GAIN = 1e-3
 
 
 def unit(x: Tensor) -> Tensor:
@@ -47,9 +59,9 @@ class CDPruner(PruningMethod):
 
     def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
         projected = projector(features.patches)
-        normalised = unit(projected).float()
+        normalised = for_scoring(unit(projected))
         similarity = normalised @ normalised.transpose(1, 2)  # (B, N, N)
-        relevance = -(unit(features.clip_patch_embeds.float()) @ unit(features.text_embeds.float()).unsqueeze(-1))
+        relevance = -(unit(for_scoring(features.clip_patch_embeds)) @ unit(for_scoring(features.text_embeds)).unsqueeze(-1))
         relevance = relevance.squeeze(-1)
         low, high = relevance.min(dim=-1, keepdim=True).values, relevance.max(dim=-1, keepdim=True).values
         relevance = (relevance - low + 1e-6) / (high - low)
@@ -60,14 +72,21 @@ class CDPruner(PruningMethod):
         rows = torch.zeros_like(kernel[:, :self.keep])  # (B, keep, N); shaped from a tensor: batch may be dynamic
         # The official di2s, diag(L): masked sum, exact, where torch.diagonal exports to shape-valued EyeLike.
         gains = (kernel * torch.eye(self.geometry.num_patches, device=kernel.device)).sum(dim=-1)
+        floor = gains.amax(dim=-1, keepdim=True) * EXHAUSTED_GAIN
+        free = torch.ones_like(gains)  # 1 where a token is not picked yet
         picks = []
         for i in range(self.keep):
-            pick = gains.argmax(dim=-1, keepdim=True)  # (B, 1)
+            best = gains.max(dim=-1, keepdim=True)
+            exhausted = best.values <= floor  # (B, 1)
+            pick = torch.where(exhausted, free.argmax(dim=-1, keepdim=True), best.indices)
             picks.append(pick)
             earlier = rows.gather(2, pick.unsqueeze(1).expand(-1, self.keep, -1))  # (B, keep, 1): rows t at pick
-            row = (gather_rows(kernel, pick) - earlier.transpose(1, 2) @ rows) / gains.gather(1, pick).sqrt().unsqueeze(-1)
-            row = row.squeeze(1)
+            norm = gains.gather(1, pick).clamp(min=torch.finfo(kernel.dtype).tiny).sqrt().unsqueeze(-1)
+            row = ((gather_rows(kernel, pick) - earlier.transpose(1, 2) @ rows) / norm).squeeze(1)
+            row = row.masked_fill(exhausted, 0.0)  # a filled slot adds no direction
             rows = rows + (steps == i).to(kernel.dtype).view(1, -1, 1) * row.unsqueeze(1)
-            gains = (gains - row.square()).masked_fill(positions == pick, -torch.inf)
+            taken = positions == pick
+            gains = (gains - row.square()).masked_fill(taken, -torch.inf)
+            free = free.masked_fill(taken, 0.0)
         kept = sorted_ascending(torch.cat(picks, dim=1))
         return gather_rows(projected, kept), kept + 1

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import PruningMethod, VisionFeatures
-from vtp_export.methods.ops import gather_rows, sorted_ascending
+from vtp_export.methods.ops import for_scoring, gather_rows, sorted_ascending
 
 
 @METHODS.register("divprune")
@@ -22,7 +22,7 @@ class DivPrune(PruningMethod):
     uses_attention = False
 
     def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
-        projected = projector(features.patches).float()
+        projected = for_scoring(projector(features.patches))
         unit = projected / projected.norm(dim=-1, keepdim=True)
         distance = 1.0 - unit @ unit.transpose(1, 2)  # (B, N, N), symmetric
         # First pick: the token farthest from its nearest neighbour (second smallest: the smallest is itself).

@@ -26,7 +26,7 @@ from vtp_export.errors import UsageError
 from vtp_export.graph_io import NO_SOURCE
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import MethodOption, PruningMethod, VisionFeatures
-from vtp_export.methods.ops import exclusive_cumsum, gather_rows, smallest_indices, top_indices
+from vtp_export.methods.ops import exclusive_cumsum, for_scoring, gather_rows, smallest_indices, top_indices
 from vtp_export.models import Geometry
 
 ALPHA = 0.09
@@ -130,7 +130,7 @@ class HoloV(PruningMethod):
         return (allocated + (rank < remaining).to(torch.long)).clamp(min=0)
 
     def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
-        projected = projector(features.patches).float()
+        projected = for_scoring(projector(features.patches))
         attention = features.patch_attention()
         batch, crops, width = projected.shape[0], self.members.shape[0], self.width
         flat_members = self.members.reshape(1, -1).expand(batch, -1)

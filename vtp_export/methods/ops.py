@@ -8,6 +8,11 @@ import torch
 from torch import Tensor
 
 
+def for_scoring(x: Tensor) -> Tensor:
+    """x in at least float32: scores and selections never run in fp16/bf16 (float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def top_indices(scores: Tensor, k: int) -> Tensor:
     """Indices of the k largest scores along the last axis, in descending order of score."""
     return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]

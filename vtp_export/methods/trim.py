@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from vtp_export.graph_io import NUM_VALID, NO_SOURCE, VISION_OUTPUTS
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import MethodOption, PruningMethod, VisionFeatures
-from vtp_export.methods.ops import gather_rows, smallest_indices, top_indices
+from vtp_export.methods.ops import for_scoring, gather_rows, smallest_indices, top_indices
 from vtp_export.models import Geometry
 
 COUNTS = ("fixed", "iqr")
@@ -70,7 +70,7 @@ class Trim(PruningMethod):
         patches = features.patches
         batch, num_patches = patches.shape[0], self.geometry.num_patches
         similarity = (features.clip_patch_embeds @ features.text_embeds.unsqueeze(-1)).squeeze(-1)
-        scores = torch.softmax(-similarity.float(), dim=-1)
+        scores = torch.softmax(-for_scoring(similarity), dim=-1)
         slots = self.keep - 1
         candidates = top_indices(scores, slots)  # highest p first
         slot = torch.arange(slots, device=patches.device)
