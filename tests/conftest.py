@@ -5,20 +5,21 @@ import pytest
 import torch
 from transformers import CLIPModel, LlavaForConditionalGeneration
 
-from vtp_export.models import clip_tiny_config, llava15_tiny_config
-from vtp_export.runtime.tokenizer import stand_in_clip_tokenizer, stand_in_llava_tokenizer
+from vtp_export.models import MODELS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+TINY = MODELS.get("llava15-tiny")
+
 
 def save_tiny_llava(folder: Path, image_size: int = 336, seed: int = 0) -> Path:
     """A real HF LLaVA checkpoint (random weights, byte-level tokenizer) written with save_pretrained."""
     torch.manual_seed(seed)
-    config = llava15_tiny_config(image_size)
+    config = TINY.default_config(image_size)
     LlavaForConditionalGeneration(config).save_pretrained(folder)
-    stand_in_llava_tokenizer(config.text_config.vocab_size, config.image_token_id).save_pretrained(folder)
+    TINY.stand_in_tokenizer(config).save_pretrained(folder)
     return folder
 
 
@@ -34,8 +35,10 @@ def tiny_checkpoint_224(tmp_path_factory) -> Path:
 
 def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
     """A real HF CLIP checkpoint (random weights) of llava15-tiny's vision tower, with its text tower."""
+    from vtp_export.runtime.tokenizer import stand_in_clip_tokenizer
+
     torch.manual_seed(seed)
-    config = clip_tiny_config()
+    config = TINY.default_clip_config()
     CLIPModel(config).save_pretrained(folder)
     stand_in_clip_tokenizer(config.text_config.vocab_size).save_pretrained(folder)
     return folder

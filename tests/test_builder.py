@@ -9,10 +9,10 @@ import tensorrt_rtx_bindings
 from vtp_export.builder import build, build_engine, why_not_here
 from vtp_export.cli import main
 from vtp_export.engine import Device
-from vtp_export.errors import UsageError
+from vtp_export.errors import RecordError, UsageError
 from vtp_export.exporter import ExportRequest, export
-from vtp_export.output_folder import read_export
 from vtp_export.recipe import BUILD_SCRIPT
+from vtp_export.records import read_export
 from vtp_export.targets import TARGETS
 
 ORIN = TARGETS.get("orin")
@@ -30,17 +30,29 @@ def test_cross_target_explains_how_to_build_on_the_device(orin_trim):
     outcome = build(orin_trim, device=NO_TENSORRT)
     assert outcome.engine_folder is None
     assert outcome.message.startswith("no TensorRT here: engines are built on the device")
-    assert outcome.message.endswith(f"run there: bash {BUILD_SCRIPT}") and "Jetson AGX Orin" in outcome.message
+    assert outcome.message.endswith(f"run there: bash {BUILD_SCRIPT} (fp16)") and "Jetson AGX Orin" in outcome.message
     assert not (orin_trim / "engine").exists()
 
 
-def test_another_precision_rewrites_the_recipe(orin_trim):
+def test_out_is_refused_where_no_engine_is_built(orin_trim, tmp_path):
+    with pytest.raises(UsageError, match="--out names where engines go, and none are built here"):
+        build(orin_trim, out=tmp_path / "engines", device=NO_TENSORRT)
+    assert not (tmp_path / "engines").exists()
+
+
+def test_another_precision_rewrites_the_recipe_and_its_record(orin_trim):
     script = orin_trim / BUILD_SCRIPT
     assert "--fp16" in script.read_text() and "--precisionConstraints=obey" in script.read_text()
     build(orin_trim, precision="fp32", device=NO_TENSORRT)
+    record = read_export(orin_trim)
     assert "--fp16" not in script.read_text() and "--onnx=text.onnx" in script.read_text()
+    assert record.device_build.precision == "fp32" and all(not g.float32_nodes for g in record.graphs.values())
+    assert record.device_build.commands[0].split()[1:] == script.read_text().splitlines()[-2].split()[1:]
+    build(orin_trim, device=NO_TENSORRT)
+    assert "--fp16" not in script.read_text(), "a plain build keeps the recorded precision"
     build(orin_trim, precision="fp16", device=NO_TENSORRT)
     assert "--layerPrecisions=" in script.read_text() and ":fp32" in script.read_text()
+    assert read_export(orin_trim).device_build.precision == "fp16"
     assert sorted(p.name for p in orin_trim.iterdir() if p.name.startswith(".")) == []
 
 
@@ -54,10 +66,10 @@ def test_unsupported_precision(orin_trim, precision, message):
 
 
 def test_not_an_export_folder(tmp_path):
-    with pytest.raises(UsageError, match="does not exist"):
+    with pytest.raises(RecordError, match="does not exist"):
         read_export(tmp_path / "nowhere")
     (tmp_path / "config.json").write_text(json.dumps({"producer": "someone"}))
-    with pytest.raises(UsageError, match="was not written by vtp-export"):
+    with pytest.raises(RecordError, match="was not written by vtp-export"):
         read_export(tmp_path)
 
 
@@ -82,12 +94,12 @@ def test_builder_path_builds_engines_with_tensorrt_rtx(orin_trim, tmp_path):
     """The same build_engine the device runs, with TensorRT-RTX (CPU-only, strongly typed: fp32 here)."""
     record = read_export(orin_trim)
     cache = tmp_path / "timing.cache"
-    for graph in record["graphs"].values():
-        engine = tmp_path / f"{graph['file']}.engine"
-        entry = build_engine(tensorrt_rtx_bindings, orin_trim / graph["file"], engine, ORIN, "fp32", [],
-                             graph["inputs"], graph["dynamic_batch"], cache, progress=lambda _: None)
-        assert engine.stat().st_size == entry["bytes"] > 0 and entry["layers"] > 0
-        assert entry["flags"]["dynamic_batch"] and entry["flags"]["max_batch"] == 64
+    for graph in record.graphs.values():
+        engine = tmp_path / f"{graph.file}.engine"
+        entry = build_engine(tensorrt_rtx_bindings, orin_trim / graph.file, engine, ORIN, "fp32", graph, cache,
+                             progress=lambda _: None)
+        assert engine.stat().st_size == entry.bytes > 0 and entry.layers > 0 and entry.onnx_sha256 == graph.sha256
+        assert entry.flags["dynamic_batch"] and entry.flags["max_batch"] == 64
     assert cache.is_file()
 
 

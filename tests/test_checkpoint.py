@@ -3,22 +3,31 @@
 import json
 import shutil
 
-import huggingface_hub.constants
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import LlavaForConditionalGeneration
 
-from vtp_export.checkpoint import (
-    CLIP_SUBFOLDER, load_checkpoint, load_clip_text, locate_clip_weights, locate_weights, read_llava_config,
-)
+from vtp_export.checkpoint import load_clip_text, load_vision_stack
 from vtp_export.errors import WeightsError
 from vtp_export.models import MODELS
+from vtp_export.weights import WeightsFolder, read_model_config
+
+LLAVA15 = MODELS.get("llava15")
+
+
+def load(folder):
+    source = WeightsFolder(folder)
+    return load_vision_stack(LLAVA15, read_model_config(LLAVA15, source), {}, source)
+
+
+def clip_of(folder, checkpoint):
+    return load_clip_text(LLAVA15, read_model_config(LLAVA15, WeightsFolder(checkpoint)), WeightsFolder(folder))
 
 
 def test_loads_the_same_weights_as_transformers(tiny_checkpoint):
     hf = LlavaForConditionalGeneration.from_pretrained(tiny_checkpoint)
-    stack = load_checkpoint(tiny_checkpoint, read_llava_config(tiny_checkpoint))
+    stack = load(tiny_checkpoint)
     for name, tensor in hf.model.vision_tower.state_dict().items():
         assert torch.equal(stack.tower.state_dict()[name], tensor), name
     for name, tensor in hf.model.multi_modal_projector.state_dict().items():
@@ -36,7 +45,7 @@ def test_legacy_sharded_layout_loads(tiny_checkpoint, tmp_path):
     index = {"weight_map": {k: file for file, keys in shards.items() for k in keys}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     shutil.copy(tiny_checkpoint / "config.json", tmp_path)
-    stack = load_checkpoint(tmp_path, read_llava_config(tmp_path))
+    stack = load(tmp_path)
     key = "vision_tower.encoder.layers.0.self_attn.q_proj.weight"
     assert torch.equal(stack.tower.state_dict()["encoder.layers.0.self_attn.q_proj.weight"], tensors[key].half().float())
 
@@ -45,10 +54,6 @@ def copy_of(checkpoint, tmp_path):
     target = tmp_path / "ckpt"
     shutil.copytree(checkpoint, target)
     return target
-
-
-def load(folder):
-    return load_checkpoint(folder, read_llava_config(folder))
 
 
 def test_missing_folder(tmp_path):
@@ -71,7 +76,7 @@ def test_corrupt_config(tiny_checkpoint, tmp_path):
 def test_not_a_llava(tiny_checkpoint, tmp_path):
     folder = copy_of(tiny_checkpoint, tmp_path)
     (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(WeightsError, match="not a LLaVA checkpoint"):
+    with pytest.raises(WeightsError, match="not a llava15 checkpoint"):
         load(folder)
 
 
@@ -98,64 +103,30 @@ def test_missing_vision_tensors(tiny_checkpoint, tmp_path):
         load(folder)
 
 
-def test_uncached_canonical_checkpoint_names_both_flags(monkeypatch, tmp_path):
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(WeightsError, match="--weights DIR.*--random-weights"):
-        locate_weights(MODELS.get("llava15"), None, random_weights=False)
-
-
-def test_canonical_checkpoint_is_found_in_the_offline_cache(tiny_checkpoint, monkeypatch, tmp_path):
-    repo = tmp_path / "models--llava-hf--llava-1.5-7b-hf"
-    shutil.copytree(tiny_checkpoint, repo / "snapshots" / "0123abc")
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0123abc")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    found = locate_weights(MODELS.get("llava15"), None, random_weights=False)
-    assert found == repo / "snapshots" / "0123abc"
-    assert load(found).geometry.num_patches == 576
-
-
-def test_tiny_model_is_random_without_flags():
-    assert locate_weights(MODELS.get("llava15-tiny"), None, random_weights=False) is None
-
-
 def test_clip_text_side_loads_the_same_weights_as_transformers(tiny_checkpoint, tiny_clip):
     from transformers import CLIPModel
 
-    clip = load_clip_text(tiny_clip, read_llava_config(tiny_checkpoint))
+    clip = clip_of(tiny_clip, tiny_checkpoint)
     hf = CLIPModel.from_pretrained(tiny_clip)
     assert torch.equal(clip.visual_projection.weight, hf.visual_projection.weight)
     assert torch.equal(clip.text.text_projection.weight, hf.text_projection.weight)
     assert torch.equal(clip.text.text_model.final_layer_norm.weight, hf.text_model.final_layer_norm.weight)
 
 
-def test_clip_lookup_order(tiny_checkpoint, tiny_clip, tmp_path, monkeypatch):
-    spec = MODELS.get("llava15")
-    assert locate_clip_weights(spec, tiny_clip, tiny_checkpoint, random_weights=False) == tiny_clip
-    assert locate_clip_weights(spec, None, None, random_weights=True) is None
-    bundle = tmp_path / "llava"
-    (bundle / CLIP_SUBFOLDER).mkdir(parents=True)
-    assert locate_clip_weights(spec, None, bundle, random_weights=False) == bundle / CLIP_SUBFOLDER
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(WeightsError, match="--text-weights DIR or --random-weights"):
-        locate_clip_weights(spec, None, tiny_checkpoint, random_weights=False)
-
-
 def test_clip_folder_errors(tiny_checkpoint, tiny_clip, tmp_path):
-    config = read_llava_config(tiny_checkpoint)
     with pytest.raises(WeightsError, match="is not a CLIP checkpoint"):
-        load_clip_text(tiny_checkpoint, config)
+        clip_of(tiny_checkpoint, tiny_checkpoint)
     other = tmp_path / "wide"
     shutil.copytree(tiny_clip, other)
     raw = json.loads((other / "config.json").read_text())
     raw["vision_config"]["hidden_size"] = 48
     (other / "config.json").write_text(json.dumps(raw))
     with pytest.raises(WeightsError, match="do not fit this vision tower"):
-        load_clip_text(other, config)
+        clip_of(other, tiny_checkpoint)
     text_only = tmp_path / "no-visual"
     shutil.copytree(tiny_clip, text_only)
     tensors = load_file(text_only / "model.safetensors")
     del tensors["visual_projection.weight"]
     save_file(tensors, text_only / "model.safetensors")
     with pytest.raises(WeightsError, match="lacks CLIP text weights: visual_projection.weight"):
-        load_clip_text(text_only, config)
+        clip_of(text_only, tiny_checkpoint)

@@ -21,7 +21,7 @@ def run_cli(args, cwd):
 def test_export_from_the_command_line(tmp_path):
     result = run_cli([*TINY, "--method", "visionzip", "--keep", "32", "--method-opt", "contextual=4"], tmp_path)
     assert result.returncode == 0, result.stderr
-    out = tmp_path / "exports" / "llava15-tiny-visionzip-k32-cpu"
+    out = tmp_path / "exports" / "llava15-tiny-visionzip-contextual-4-dominant-28-k32-cpu"
     assert f"wrote {out.relative_to(tmp_path)}" in result.stdout
     assert "token_index identical" in result.stdout
     assert result.stderr == ""
@@ -29,18 +29,28 @@ def test_export_from_the_command_line(tmp_path):
     assert config["method"]["options"] == {"dominant": 28, "contextual": 4}
 
 
-def test_rerun_replaces_its_own_folder(tmp_path, capsys):
-    args = [*TINY, "--method", "fastervlm", "--keep", "8", "--out", str(tmp_path / "e"), "--verify-samples", "1"]
+def test_rerun_replaces_its_own_folder_but_not_what_a_user_put_there(tmp_path, capsys):
+    out = tmp_path / "e"
+    args = [*TINY, "--method", "fastervlm", "--keep", "8", "--out", str(out), "--verify-samples", "1"]
     assert main(args) == 0
-    first = json.loads((tmp_path / "e" / "config.json").read_text())["created"]
+    first = (out / "vision.onnx").stat().st_ino
     assert main(args) == 0
-    assert (tmp_path / "e" / "config.json").exists() and first
+    assert (out / "vision.onnx").stat().st_ino != first, "the rerun wrote a new folder"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+    (out / "notes.txt").write_text("mine")
+    (out / "engine").mkdir()
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "holds what vtp-export did not write there (engine, notes.txt)" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+    assert main([*args, "--replace"]) == 0
+    assert not (out / "notes.txt").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["e"]
 
 
 @pytest.mark.parametrize("command,expected", [
     ("models", "llava15-tiny"), ("methods", "VisionZip@3151f6d"), ("targets", "sm_87"),
-    ("methods", "text-conditioned (question -> text.onnx); reference: FreedomIntelligence/TRIM@f5a232d"),
+    ("methods", "text-conditioned (question -> text.onnx); reads CLIP's text tower and joint embedding space; "
+                "reference: FreedomIntelligence/TRIM@f5a232d"),
     ("methods", "--method-opt variant=<reference|paper> (default reference)"),
 ])
 def test_listings(command, expected, capsys):
@@ -84,6 +94,13 @@ BAD_INPUTS = {
                                       "--text-weights is for text-conditioned methods"),
     "bad-option-value": (["--method", "holov", "--keep", "64", "--method-opt", "crops=many"], "is not a int"),
     "bad-split": (["--method", "visionzip", "--keep", "64", "--method-opt", "dominant=70"], "must equal --keep"),
+    "seed-overflow": (["--method", "random", "--keep", "64", "--method-opt", f"seed={10**23}"], f"seed='{10**23}' is out of range"),
+    "tau-infinite": (["--method", "holov", "--keep", "64", "--method-opt", "variant=paper", "--method-opt", "tau=inf"],
+                     "tau='inf' is not a finite number"),
+    "tau-nan": (["--method", "holov", "--keep", "64", "--method-opt", "variant=paper", "--method-opt", "tau=nan"],
+                "tau='nan' is not a finite number"),
+    "grid-for-llava15": (["--method", "holov", "--keep", "64", "--grid", "2x2"], "--grid is not an option of"),
+    "export-seed-overflow": (["--method", "holov", "--keep", "64", "--seed", str(2**64)], "--seed"),
 }
 
 
@@ -106,7 +123,7 @@ FOLDER_CASES = {
 FOLDER_MESSAGES = {
     "unknown-model": "unknown model 'llava99'", "unknown-target": "unknown target 'xavier'",
     "missing-weights": "does not exist", "empty-weights": "is empty", "corrupt-weights": "corrupt weights file",
-    "not-a-llava": "not a LLaVA checkpoint", "both-weight-flags": "not allowed with argument",
+    "not-a-llava": "not a llava15 checkpoint", "both-weight-flags": "not allowed with argument",
     "foreign-out": "was not written by vtp-export",
 }
 

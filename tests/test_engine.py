@@ -5,9 +5,15 @@ import json
 import pytest
 
 from vtp_export import engine
-from vtp_export.engine import Device, EngineMismatchError, check_engine_matches, read_engine_record
+from vtp_export.engine import Device, check_engine_matches
+from vtp_export.errors import EngineMismatchError, RecordError
+from vtp_export.records import ENGINE_SCHEMA, EngineRecord, GpuRecord, read_engine_record
 
-ORIN_ENGINE = {"tensorrt": "10.3", "gpu": {"name": "Orin", "sm": 87}, "jetpack": "6"}
+ORIN_ENGINE = EngineRecord(
+    producer="vtp-export", schema=ENGINE_SCHEMA, vtp_export_version="0", created="", export="/e", tensorrt="10.3",
+    tensorrt_full="10.3.0.30", gpu=GpuRecord("Orin", 87), target="orin", precision="fp16", engines={},
+    export_verification={}, parity_with_onnxruntime={}, jetpack="6",
+)
 
 
 def test_same_tensorrt_minor_and_sm_is_accepted():
@@ -27,13 +33,16 @@ def test_other_device_is_refused_with_both_sides_named(device, shown):
 
 
 def test_engine_folder_errors(tmp_path):
-    with pytest.raises(EngineMismatchError, match="no config.json"):
+    with pytest.raises(RecordError, match="has no config.json: not a vtp-export engine folder"):
         read_engine_record(tmp_path)
     (tmp_path / "config.json").write_text("{broken")
-    with pytest.raises(EngineMismatchError, match="corrupt"):
+    with pytest.raises(RecordError, match="not valid JSON"):
         read_engine_record(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"producer": "vtp-export", "graphs": {}}))
-    with pytest.raises(EngineMismatchError, match="not an engine folder"):
+    with pytest.raises(RecordError, match="no schema"):
+        read_engine_record(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"producer": "vtp-export", "schema": ENGINE_SCHEMA}))
+    with pytest.raises(RecordError, match="lacks the key 'vtp_export_version'"):
         read_engine_record(tmp_path)
 
 

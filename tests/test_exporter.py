@@ -7,18 +7,19 @@ import shutil
 import numpy as np
 import pytest
 
-from vtp_export.checkpoint import CLIP_SUBFOLDER
 from vtp_export.exporter import ExportRequest, export
 from vtp_export.graph_io import (
     CONFIG_JSON, IMAGE_EMBEDS, INPUT_IDS, NUM_VALID, PIXEL_VALUES, TEXT_EMBEDS, TEXT_ONNX, TOKEN_INDEX, VISION_ONNX,
 )
-from vtp_export.models import geometry_of, llava15_tiny_config
-from vtp_export.recipe import BUILD_SCRIPT
 from vtp_export.methods import METHODS
+from vtp_export.models import MODELS
+from vtp_export.recipe import BUILD_SCRIPT
 from vtp_export.signature import (
     GOLDEN_KEEP, GOLDEN_MODEL, golden_exports, golden_path, golden_text_path, graph_signature, read_signature,
 )
-from vtp_export.verify import onnxruntime_session, random_pixel_values
+from vtp_export.onnxruntime_sessions import onnxruntime_session
+from vtp_export.random_inputs import random_pixel_values
+from vtp_export.weights import CLIP_SUBFOLDER
 
 GOLDEN = golden_exports(METHODS.names())
 
@@ -108,11 +109,11 @@ def test_224px_checkpoint_exports_unchanged(tiny_checkpoint_224, tmp_path):
     out = export(ExportRequest(model="llava15", method="holov", keep=32, target="cpu", weights=tiny_checkpoint_224,
                                out=tmp_path / "e"))
     config = json.loads((out / CONFIG_JSON).read_text())
-    assert config["model"]["geometry"]["num_patches"] == 256
+    assert config["model"]["geometry"]["grid_rows"] * config["model"]["geometry"]["grid_cols"] == 256
     vision = config["graphs"]["vision"]
     assert vision["inputs"][0]["shape"] == [1, 3, 224, 224]
     assert vision["outputs"][1]["shape"] == [1, 32]
-    assert "tensorrt_parser" not in vision and not (out / BUILD_SCRIPT).exists()
+    assert vision["tensorrt_parser"] is None and not (out / BUILD_SCRIPT).exists()
 
 
 def test_dynamic_batch_runs_any_batch(tmp_path):
@@ -122,11 +123,12 @@ def test_dynamic_batch_runs_any_batch(tmp_path):
     assert isinstance(signature["inputs"][0]["shape"][0], str)
     assert signature["inputs"][0]["shape"][1:] == [3, 336, 336]
     session = onnxruntime_session(out / VISION_ONNX)
-    geometry = geometry_of(llava15_tiny_config())
+    tiny = MODELS.get("llava15-tiny")
+    geometry = tiny.geometry(tiny.default_config(), {})
     for batch in (1, 3):
-        embeds, index = session.run(None, {PIXEL_VALUES: random_pixel_values(geometry, batch, 0).numpy()})
+        embeds, index = session.run(None, {PIXEL_VALUES: random_pixel_values(geometry, batch, 0)})
         assert embeds.shape == (batch, 64, 64) and index.shape == (batch, 64)
-    single, _ = session.run(None, {PIXEL_VALUES: random_pixel_values(geometry, 1, 0).numpy()})
+    single, _ = session.run(None, {PIXEL_VALUES: random_pixel_values(geometry, 1, 0)})
     np.testing.assert_allclose(single[0], embeds[0], atol=1e-5)
     assert "--maxShapes=pixel_values:64x3x336x336" in (out / BUILD_SCRIPT).read_text()
 
@@ -134,7 +136,8 @@ def test_dynamic_batch_runs_any_batch(tmp_path):
 def test_real_weights_export_records_their_folder(tiny_checkpoint, tmp_path):
     out = export(ExportRequest(model="llava15", method="fastervlm", keep=16, target="cpu", weights=tiny_checkpoint,
                                out=tmp_path / "e", verify_samples=1))
-    assert json.loads((out / CONFIG_JSON).read_text())["model"]["weights"] == str(tiny_checkpoint.resolve())
+    assert json.loads((out / CONFIG_JSON).read_text())["model"]["weights"] == {
+        "kind": "folder", "path": str(tiny_checkpoint.resolve())}
 
 
 def test_text_conditioned_export_reads_clip_from_the_checkpoints_clip_folder(tiny_checkpoint, tiny_clip, tmp_path):
@@ -144,7 +147,7 @@ def test_text_conditioned_export_reads_clip_from_the_checkpoints_clip_folder(tin
     out = export(ExportRequest(model="llava15", method="trim", keep=16, target="cpu", weights=weights,
                                out=tmp_path / "e", verify_samples=1, method_options={"count": "iqr"}))
     config = json.loads((out / CONFIG_JSON).read_text())
-    assert config["model"]["text_weights"] == str((weights / CLIP_SUBFOLDER).resolve())
+    assert config["model"]["text_weights"]["path"] == str((weights / CLIP_SUBFOLDER).resolve())
     assert [o["name"] for o in config["graphs"]["vision"]["outputs"]] == [IMAGE_EMBEDS, TOKEN_INDEX, NUM_VALID]
     assert config["graphs"]["text"]["inputs"] == [{"name": INPUT_IDS, "dtype": "int64", "shape": [1, 77]}]
 
@@ -152,7 +155,7 @@ def test_text_conditioned_export_reads_clip_from_the_checkpoints_clip_folder(tin
 def test_text_weights_flag_and_dynamic_batch(tiny_checkpoint, tiny_clip, tmp_path):
     out = export(ExportRequest(model="llava15", method="cdpruner", keep=16, target="orin", weights=tiny_checkpoint,
                                text_weights=tiny_clip, out=tmp_path / "e", verify_samples=1, dynamic_batch=True))
-    assert json.loads((out / CONFIG_JSON).read_text())["model"]["text_weights"] == str(tiny_clip.resolve())
+    assert json.loads((out / CONFIG_JSON).read_text())["model"]["text_weights"]["path"] == str(tiny_clip.resolve())
     script = (out / BUILD_SCRIPT).read_text()
     assert "--maxShapes=pixel_values:64x3x336x336,text_embeds:64x16" in script
     assert "--maxShapes=input_ids:64x77" in script

@@ -8,13 +8,17 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from vtp_export.encoder import PrunedVisionEncoder
+from vtp_export.checkpoint import load_vision_stack
 from vtp_export.errors import ExportError
 from vtp_export.methods import METHODS
 from vtp_export.methods.ops import smallest_indices, top_indices
-from vtp_export.models import MODELS, random_vision_stack
+from vtp_export.models import MODELS
 from vtp_export.onnx_export import check_static_shapes, export_onnx
-from vtp_export.verify import onnxruntime_session
+from vtp_export.onnxruntime_sessions import onnxruntime_session
+from vtp_export.vision_graph import VisionGraph
+from vtp_export.weights import RandomWeights
+
+TINY = MODELS.get("llava15-tiny")
 
 
 class Ranker(torch.nn.Module):
@@ -34,9 +38,9 @@ def test_ties_break_towards_the_lower_index_in_torch_and_onnx(tmp_path):
 
 
 def test_export_releases_the_module_weights(tmp_path):
-    stack = random_vision_stack(MODELS.get("llava15-tiny").make_config(), 0)
-    encoder = PrunedVisionEncoder(stack, METHODS.get("holov").create(stack.geometry, 64, {}))
-    weight = weakref.ref(encoder.feature_layer.self_attn.q_proj.weight)
+    stack = load_vision_stack(TINY, TINY.default_config(), {}, RandomWeights(0))
+    encoder = VisionGraph(TINY, stack, METHODS.get("holov").create(stack.geometry, 64, {}))
+    weight = weakref.ref(encoder.features.feature_layer.self_attn.q_proj.weight)
     with torch.no_grad():
         export_onnx(encoder, (torch.randn(1, 3, 336, 336),), tmp_path / "v.onnx", ("pixel_values",),
                     ("image_embeds", "token_index"), 18, dynamic_batch=False)

@@ -8,8 +8,9 @@ import pytest
 
 from vtp_export import profiling
 from vtp_export.cli import main
-from vtp_export.errors import UsageError
+from vtp_export.errors import RecordError, UsageError
 from vtp_export.exporter import ExportRequest, export
+from vtp_export.records import PROFILE_SCHEMA, read_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -17,9 +18,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_summary_statistics():
     seconds = list(np.linspace(0.001, 0.1, 100))
     stats = profiling.summary(seconds)
-    assert stats["runs"] == 100 and stats["min_ms"] == 1.0 and stats["max_ms"] == 100.0
-    assert stats["p50_ms"] == pytest.approx(50.5) and stats["p90_ms"] == pytest.approx(90.1, abs=0.01)
-    assert stats["mean_ms"] == pytest.approx(50.5) and stats["std_ms"] > 0
+    assert stats.runs == 100 and stats.min_ms == 1.0 and stats.max_ms == 100.0
+    assert stats.p50_ms == pytest.approx(50.5) and stats.p90_ms == pytest.approx(90.1, abs=0.01)
+    assert stats.mean_ms == pytest.approx(50.5) and stats.std_ms > 0
 
 
 def test_timed_counts_runs_or_fills_a_duration():
@@ -32,11 +33,12 @@ def test_timed_counts_runs_or_fills_a_duration():
 def test_profile_of_a_text_conditioned_export(tmp_path):
     out = export(ExportRequest(model="llava15-tiny", method="trim", keep=32, target="cpu", out=tmp_path / "e",
                                verify_samples=1))
-    report = profiling.profile_export(out, runs=2, warmup=0, new_tokens=3)
-    assert report["schema"] == profiling.SCHEMA and report["tokens"]["visual"] == 32
-    assert set(report["stages"]) == set(profiling.STAGES)
-    assert all(s["p50_ms"] > 0 for s in report["stages"].values())
-    assert report["memory"]["peak_host_rss_mib"] > 0 and report["export"]["backend"] == "onnxruntime"
+    profile = profiling.profile_export(out, runs=2, warmup=0, new_tokens=3)
+    assert profile.tokens.visual == 32 and profile.export.label == "trim"
+    assert set(profile.stages) == set(profiling.STAGES)
+    assert all(s.p50_ms > 0 for s in profile.stages.values())
+    assert profile.memory["peak_host_rss_mib"] > 0 and profile.export.backend == "onnxruntime"
+    assert profile.load.other_load >= 0
 
 
 def test_device_record():
@@ -46,16 +48,17 @@ def test_device_record():
 
 
 def test_sweep_writes_json_csv_plots_and_a_table(tmp_path, capsys):
-    args = ["profile", "--model", "llava15-tiny", "--random-weights", "--method", "fastervlm,visionzip",
+    args = ["profile", "--model", "llava15-tiny", "--random-weights", "--method", "holov,holov:variant=paper",
             "--keep", "576,64,32", "--runs", "2", "--warmup", "0", "--new-tokens", "2", "--out", str(tmp_path / "r")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "TTFT ratio" in out and "[########################] 5/5 done" in out
+    assert "TTFT ratio" in out and "± std" in out and "[########################] 5/5 done" in out
     report = json.loads((tmp_path / "r" / "report.json").read_text())
-    runs = [(p["export"]["method"], p["tokens"]["visual"]) for p in report["profiles"]]
-    assert runs == [("none", 576), ("fastervlm", 64), ("visionzip", 64), ("fastervlm", 32), ("visionzip", 32)]
-    rows = {(r["method"], r["visual_tokens"]): r for r in report["summary"]}
-    assert rows[("none", 576)]["ttft_ratio"] == 1.0 and 0 < rows[("fastervlm", 64)]["ideal_ratio"] < 1
+    runs = [(p["export"]["label"], p["tokens"]["visual"]) for p in report["profiles"]]
+    assert runs == [("none", 576), ("holov", 64), ("holov variant=paper", 64), ("holov", 32),
+                    ("holov variant=paper", 32)], "variants stay apart"
+    rows = {(r["label"], r["visual_tokens"]): r for r in report["summary"]}
+    assert rows[("none", 576)]["ttft_ratio"] == 1.0 and 0 < rows[("holov", 64)]["ideal_ratio"] < 1
     with (tmp_path / "r" / "stages.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 5 * 5  # five exports x five stages (no text graph)
     for name in ("latency_vs_keep.png", "stage_breakdown.png"):
@@ -65,18 +68,56 @@ def test_sweep_writes_json_csv_plots_and_a_table(tmp_path, capsys):
 
 
 def test_compare_and_bad_reports(tmp_path):
-    (tmp_path / "other.json").write_text(json.dumps({"schema": "something else"}))
-    with pytest.raises(UsageError, match="is not a vtp-export profile report"):
-        profiling.read_report(tmp_path / "other.json")
-    with pytest.raises(UsageError, match="cannot read profile report"):
-        profiling.read_report(tmp_path / "missing.json")
-    a = {"profiles": [{"export": {"method": "holov"}, "tokens": {"visual": 64}, "stages": {"prefill": {"p50_ms": 10.0}}}]}
-    b = {"profiles": [{"export": {"method": "holov"}, "tokens": {"visual": 64}, "stages": {"prefill": {"p50_ms": 5.0}}}]}
-    assert profiling.compare(a, b).splitlines()[1].split()[-1] == "0.500"
+    (tmp_path / "other.json").write_text(json.dumps({"producer": "vtp-export", "schema": "something else"}))
+    with pytest.raises(RecordError, match="has schema something else; this vtp-export .* reads " + PROFILE_SCHEMA):
+        read_report(tmp_path / "other.json")
+    with pytest.raises(RecordError, match="has no missing.json"):
+        read_report(tmp_path / "missing.json")
+    (tmp_path / "partial.json").write_text(json.dumps({"producer": "vtp-export", "schema": PROFILE_SCHEMA,
+                                                       "created": "", "device": {}, "summary": [],
+                                                       "profiles": [{"export": {}}]}))
+    with pytest.raises(RecordError, match=r"partial.json.profiles\[0\].export lacks the key 'folder'"):
+        read_report(tmp_path / "partial.json")
+
+
+def test_compare_matches_label_tokens_and_stage():
+    def report(method_label, prefill_ms):
+        stats = profiling.summary([prefill_ms / 1e3])
+        profile = profiling.Profile(
+            export=profiling.ProfiledExport("f", "m", method_label.split()[0], method_label, 64, "cpu", "ort", "hf"),
+            tokens=profiling.TokenCounts(64, 100, 2), llm=profiling.LlmInfo("r", 2, 64), stages={"prefill": stats},
+            memory={}, load=profiling.MachineLoad(0.0, 0.0, False))
+        return profiling.ProfileReport("vtp-export", PROFILE_SCHEMA, "", {}, [profile], [])
+
+    assert profiling.compare(report("holov", 10.0), report("holov", 5.0)).splitlines()[1].split()[-1] == "0.500"
     with pytest.raises(UsageError, match="share no"):
-        profiling.compare(a, {"profiles": []})
+        profiling.compare(report("holov", 10.0), report("holov variant=paper", 5.0))
 
 
-def test_profile_needs_folders_or_a_sweep(capsys):
-    assert main(["profile"]) == 2
-    assert "needs export folders" in capsys.readouterr().err
+@pytest.mark.parametrize("args,message", [
+    ([], "needs export folders"),
+    (["--model", "llava15-tiny", "--method", "fastv", "--keep", "64", "--random-weights"], "unknown method 'fastv'"),
+    (["--model", "llava15-tiny", "--method", "holov", "--keep", "64,abc", "--random-weights"],
+     "expected comma-separated whole numbers"),
+    (["--model", "llava15-tiny", "--method", "holov", "--keep", "64", "--new-tokens", "1"], "use 2 or more"),
+    (["--model", "llava15-tiny", "--method", "holov", "--keep", "64", "--new-tokens", "0"], "use 2 or more"),
+    (["--model", "llava15-tiny", "--method", "holov:crops", "--keep", "64"], "options go as method:key=value"),
+])
+def test_bad_profile_requests_fail_before_any_export(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["profile", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_profile_out_must_be_a_report_folder(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    sweep = ["profile", "--model", "llava15-tiny", "--method", "fastervlm", "--keep", "8", "--runs", "1"]
+    assert main([*sweep, "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main([*sweep, "--out", str(tmp_path / "mine")]) == 2
+    assert "was not written by vtp-export" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"

@@ -8,7 +8,7 @@ dynamic batch, progress while building, and a Polygraphy comparison onnxruntime 
 the engine folder's config.json.
 """
 
-import json
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,26 +20,27 @@ import numpy as np
 
 from vtp_export import __version__
 from vtp_export.engine import Device, this_device
-from vtp_export.errors import UsageError, VtpError
+from vtp_export.errors import BuildError, UsageError
 from vtp_export.graph_io import (
-    CONFIG_JSON, IMAGE_EMBEDS, INPUT_IDS, PIXEL_VALUES, PRODUCER, TEXT_EMBEDS, TOKEN_INDEX,
+    CONFIG_JSON, ENGINE_FOLDER, IMAGE_EMBEDS, INPUT_IDS, MAX_DYNAMIC_BATCH, PRODUCER, TEXT_EMBEDS, TOKEN_INDEX,
 )
-from vtp_export.onnx_export import MAX_DYNAMIC_BATCH
-from vtp_export.output_folder import read_export, staged_folder
+from vtp_export.interrupts import deferred_interrupt
+from vtp_export.output_folder import staged_folder
 from vtp_export.precision import engine_precision, float32_nodes
+from vtp_export.records import (
+    ENGINE_SCHEMA, DeviceBuild, EngineFile, EngineRecord, ExportRecord, GpuRecord, GraphRecord, read_export, sha256,
+    write_json,
+)
 from vtp_export.recipe import BUILD_SCRIPT, TIMING_CACHE, engine_name, write_build_script
 from vtp_export.targets import TARGETS, Target
-from vtp_export.verify import matched_rows, random_input_ids, set_overlap
+from vtp_export.tensorrt_check import progress_monitor
+from vtp_export.agreement import matched_rows, set_overlap
+from vtp_export.random_inputs import pixel_shape, random_input_ids
 
-ENGINE_FOLDER = "engine"
 # fp16 engine against the fp32 graph: what "agrees" means (recorded, not enforced: fp16 near-ties flip choices).
 FP16_TOLERANCE = {"atol": 5e-2, "rtol": 5e-2}
 
 Progress = Callable[[str], None]
-
-
-class BuildError(VtpError):
-    """TensorRT could not build an engine from the graph."""
 
 
 @dataclass(frozen=True)
@@ -64,63 +65,73 @@ def why_not_here(target: Target, device: Device) -> str | None:
 def build(folder: Path, out: Path | None = None, precision: str | None = None, device: Device | None = None,
           progress: Progress = lambda _: None) -> BuildOutcome:
     record = read_export(folder)
-    target = TARGETS.get(record["target"]["name"])
+    target = TARGETS.get(record.target.name)
     if not target.uses_tensorrt:
         raise UsageError(f"{folder} was exported for {target.name}, which runs onnxruntime: there is no engine "
                          "to build (export with a TensorRT --target)")
-    precision = engine_precision(target, precision or record["device_build"]["precision"])
-    graphs = record["graphs"]
-    dynamic = graphs["vision"]["dynamic_batch"]
-    recipe = {g["file"]: g | {"float32_nodes": float32_nodes(folder / g["file"]) if precision == "fp16" else []}
-              for g in graphs.values()}
+    precision = engine_precision(target, precision or record.device_build.precision)
+    graphs = {role: dataclasses.replace(graph, float32_nodes=float32_nodes(folder / graph.file)
+                                        if precision == "fp16" else [])
+              for role, graph in record.graphs.items()}
     device = device or this_device()
     reason = why_not_here(target, device)
     if reason is not None:
-        rewrite_recipe(folder, target, recipe, dynamic, precision)
+        if out is not None:
+            raise UsageError(f"--out names where engines go, and none are built here ({reason}); the recipe is "
+                             f"{folder / BUILD_SCRIPT}")
+        if precision != record.device_build.precision:
+            rewrite_recipe(folder, record, target, graphs, precision)
         return BuildOutcome(None, f"{reason}: engines are built on the device; copy {folder} to the "
-                                  f"{target.summary} and run there: bash {BUILD_SCRIPT}")
+                                  f"{target.summary} and run there: bash {BUILD_SCRIPT} ({precision})")
 
     import tensorrt as trt
 
     out = out or folder / ENGINE_FOLDER
     engines = {}
-    with staged_folder(out) as stage:
+    with staged_folder(out, own_files=engine_files) as stage:
         cache = folder / TIMING_CACHE
         for role, graph in graphs.items():
-            onnx_path = folder / graph["file"]
-            progress(f"building {engine_name(graph['file'])} ({precision}) with TensorRT {trt.__version__}")
-            entry = build_engine(trt, onnx_path, stage / engine_name(graph["file"]), target, precision,
-                                 recipe[graph["file"]]["float32_nodes"], graph["inputs"], dynamic, cache, progress)
-            entry["onnx_sha256"] = graph["sha256"]
-            engines[role] = entry
+            progress(f"building {engine_name(graph.file)} ({precision}) with TensorRT {trt.__version__}")
+            engines[role] = build_engine(trt, folder / graph.file, stage / engine_name(graph.file), target, precision,
+                                         graph, cache, progress)
         progress("comparing TensorRT with onnxruntime (Polygraphy)")
-        parity = compare_engines(folder, stage, record)
-        engine_record = {
-            "producer": PRODUCER,
-            "vtp_export_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "export": str(folder.resolve()),
-            "tensorrt": ".".join(trt.__version__.split(".")[:2]),
-            "tensorrt_full": trt.__version__,
-            "gpu": {"name": device.gpu_name, "sm": device.sm},
-            "jetpack": device.jetpack,
-            "target": target.name,
-            "precision": precision,
-            "engines": engines,
-            "export_verification": {role: g["verification"] for role, g in graphs.items()},
-            "parity_with_onnxruntime": parity,
-        }
-        (stage / CONFIG_JSON).write_text(json.dumps(engine_record, indent=2) + "\n")
-    return BuildOutcome(out, f"built {', '.join(e['file'] for e in engines.values())} in {out}")
+        engine_record = EngineRecord(
+            producer=PRODUCER, schema=ENGINE_SCHEMA, vtp_export_version=__version__,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"), export=str(folder.resolve()),
+            tensorrt=".".join(trt.__version__.split(".")[:2]), tensorrt_full=trt.__version__,
+            gpu=GpuRecord(device.gpu_name, device.sm), jetpack=device.jetpack, target=target.name,
+            precision=precision, engines=engines,
+            export_verification={role: g.verification for role, g in record.graphs.items()},
+            parity_with_onnxruntime=compare_engines(folder, stage, record),
+        )
+        write_json(stage / CONFIG_JSON, engine_record)
+    return BuildOutcome(out, f"built {', '.join(e.file for e in engines.values())} in {out}")
 
 
-def rewrite_recipe(folder: Path, target: Target, recipe: dict, dynamic: bool, precision: str) -> None:
-    """Write the device script for another precision, atomically (scratch folder, then rename into place)."""
+def engine_files(folder: Path) -> list[str] | None:
+    """What vtp-export build wrote in an engine folder, or None for a folder it did not write."""
+    from vtp_export.errors import RecordError
+    from vtp_export.records import read_engine_record
+
+    try:
+        return [CONFIG_JSON, *(e.file for e in read_engine_record(folder).engines.values())]
+    except RecordError:
+        return None
+
+
+def rewrite_recipe(folder: Path, record: ExportRecord, target: Target, graphs: dict[str, GraphRecord],
+                   precision: str) -> None:
+    """The device script and config.json for another precision, each replaced atomically: the record always
+    says what the script builds."""
     scratch = folder / f".{BUILD_SCRIPT}.partial"
     scratch.mkdir(exist_ok=True)
     try:
-        write_build_script(scratch, target, recipe, dynamic, MAX_DYNAMIC_BATCH, precision)
+        commands = write_build_script(scratch, target, graphs.values(), precision)
+        updated = dataclasses.replace(record, graphs=record.graphs | {
+            role: dataclasses.replace(record.graphs[role], float32_nodes=graph.float32_nodes)
+            for role, graph in graphs.items()}, device_build=DeviceBuild(BUILD_SCRIPT, precision, commands))
         (scratch / BUILD_SCRIPT).replace(folder / BUILD_SCRIPT)
+        write_json(folder / CONFIG_JSON, updated)
     finally:
         for leftover in scratch.iterdir():
             leftover.unlink()
@@ -128,9 +139,9 @@ def rewrite_recipe(folder: Path, target: Target, recipe: dict, dynamic: bool, pr
 
 
 def build_engine(trt: ModuleType, onnx_path: Path, engine_path: Path, target: Target, precision: str,
-                 fp32_nodes: list[str], inputs: list[dict], dynamic_batch: bool, cache_path: Path,
-                 progress: Progress) -> dict:
-    """Build one engine with the TensorRT Python API module `trt` (TensorRT, or TensorRT-RTX in tests)."""
+                 graph: GraphRecord, cache_path: Path, progress: Progress) -> EngineFile:
+    """Build one engine with the TensorRT Python API module `trt` (TensorRT, or TensorRT-RTX in tests).
+    `graph.float32_nodes` are pinned to float32 in an fp16 engine."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
@@ -138,7 +149,9 @@ def build_engine(trt: ModuleType, onnx_path: Path, engine_path: Path, target: Ta
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    with deferred_interrupt():
+        parsed = parser.parse_from_file(str(onnx_path))
+    if not parsed:
         errors = " | ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BuildError(f"TensorRT could not parse {onnx_path.name}: {errors[:500]}")
     config = builder.create_builder_config()
@@ -150,7 +163,7 @@ def build_engine(trt: ModuleType, onnx_path: Path, engine_path: Path, target: Ta
     if precision == "fp16" and hasattr(trt.BuilderFlag, "FP16"):
         config.set_flag(trt.BuilderFlag.FP16)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        wanted = set(fp32_nodes)
+        wanted = set(graph.float32_nodes)
         for i in range(network.num_layers):
             layer = network.get_layer(i)
             # TensorRT names a node's layer after it; helper layers of the same node get suffixes.
@@ -159,34 +172,32 @@ def build_engine(trt: ModuleType, onnx_path: Path, engine_path: Path, target: Ta
                 pinned += 1
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
-    if dynamic_batch:
+    if graph.dynamic_batch:
         profile = builder.create_optimization_profile()
-        for value in inputs:
-            dims = value["shape"][1:]
-            profile.set_shape(value["name"], (1, *dims), (1, *dims), (MAX_DYNAMIC_BATCH, *dims))
+        for value in graph.inputs:
+            dims = value.shape[1:]
+            profile.set_shape(value.name, (1, *dims), (1, *dims), (MAX_DYNAMIC_BATCH, *dims))
         config.add_optimization_profile(profile)
-    if hasattr(trt, "IProgressMonitor"):
-        config.progress_monitor = progress_monitor(trt, progress)
     start = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
+    with deferred_interrupt() as interrupted:
+        if hasattr(trt, "IProgressMonitor"):
+            config.progress_monitor = progress_monitor(trt, progress, interrupted)
+        serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BuildError(f"TensorRT could not build an engine from {onnx_path.name} (see the TensorRT log above)")
     engine_path.write_bytes(bytes(serialized))
     cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
     activation = activation_memory(trt, logger, bytes(serialized))
-    return {
-        "file": engine_path.name,
-        "bytes": engine_path.stat().st_size,
-        "activation_memory_bytes": activation,
-        "within_memory_budget": None if activation is None else
-        engine_path.stat().st_size + activation <= target.memory_budget_mib << 20,
-        "build_s": round(time.perf_counter() - start, 1),
-        "layers": network.num_layers,
-        "float32_layers": pinned,
-        "flags": {"precision": precision, "workspace_mib": target.workspace_mib, "dynamic_batch": dynamic_batch,
-                  "max_batch": MAX_DYNAMIC_BATCH if dynamic_batch else None, "timing_cache": cache_path.name,
-                  "monitor_memory": hasattr(trt.BuilderFlag, "MONITOR_MEMORY")},
-    }
+    size = engine_path.stat().st_size
+    return EngineFile(
+        file=engine_path.name, sha256=sha256(engine_path), bytes=size, onnx_sha256=graph.sha256,
+        build_s=round(time.perf_counter() - start, 1), layers=network.num_layers, float32_layers=pinned,
+        flags={"precision": precision, "workspace_mib": target.workspace_mib, "dynamic_batch": graph.dynamic_batch,
+               "max_batch": MAX_DYNAMIC_BATCH if graph.dynamic_batch else None, "timing_cache": cache_path.name,
+               "monitor_memory": hasattr(trt.BuilderFlag, "MONITOR_MEMORY")},
+        activation_memory_bytes=activation,
+        within_memory_budget=None if activation is None else size + activation <= target.memory_budget_mib << 20,
+    )
 
 
 def activation_memory(trt: ModuleType, logger, serialized: bytes) -> int | None:
@@ -198,50 +209,28 @@ def activation_memory(trt: ModuleType, logger, serialized: bytes) -> int | None:
         return None
 
 
-def progress_monitor(trt: ModuleType, progress: Progress):
-    """TensorRT's build phases as progress lines (a long build otherwise shows nothing for minutes)."""
-
-    class Monitor(trt.IProgressMonitor):
-        def __init__(self) -> None:
-            trt.IProgressMonitor.__init__(self)
-
-        def phase_start(self, phase_name, parent_phase, num_steps):
-            if parent_phase is None:
-                progress(f"  {phase_name} ({num_steps} steps)")
-
-        def step_complete(self, phase_name, step):
-            return True  # keep building
-
-        def phase_finish(self, phase_name):
-            pass
-
-    return Monitor()
-
-
-def compare_engines(folder: Path, engines: Path, record: dict, samples: int = 3) -> dict:
+def compare_engines(folder: Path, engines: Path, record: ExportRecord, samples: int = 3) -> dict:
     """onnxruntime (fp32 graph) against each TensorRT engine on seeded random inputs, with Polygraphy."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-    geometry = record["model"]["geometry"]
-    batch = record["graphs"]["vision"]["inputs"][0]["shape"][0]
-    batch = batch if isinstance(batch, int) else 1
+    batch = record.graphs["vision"].batch or 1
     generator = np.random.default_rng(0)
     results = {}
     text_embeds = None
-    for role in sorted(record["graphs"], key=lambda r: r != "text"):  # text first: it feeds the vision graph
-        graph = record["graphs"][role]
-        onnx_runner = OnnxrtRunner(SessionFromOnnx(str(folder / graph["file"])))
-        engine_runner = TrtRunner(EngineFromBytes((engines / engine_name(graph["file"])).read_bytes()))
+    for role in sorted(record.graphs, key=lambda r: r != "text"):  # text first: it feeds the vision graph
+        graph = record.graphs[role]
+        onnx_runner = OnnxrtRunner(SessionFromOnnx(str(folder / graph.file)))
+        engine_runner = TrtRunner(EngineFromBytes((engines / engine_name(graph.file)).read_bytes()))
         overlap, worst = 1.0, 0.0
         with onnx_runner, engine_runner:
             for sample in range(samples):
                 if role == "text":
-                    length = graph["inputs"][0]["shape"][1]
-                    feeds = {INPUT_IDS: random_input_ids(batch, length, record["model"]["text_vocab_size"], sample)}
+                    feeds = {INPUT_IDS: random_input_ids(batch, graph.inputs[0].shape[1],
+                                                         record.model.text_vocab_size, sample)}
                 else:
-                    size = geometry["image_size"]
-                    feeds = {PIXEL_VALUES: generator.standard_normal((batch, 3, size, size)).astype(np.float32)}
+                    shape = pixel_shape(record.model.geometry, batch)
+                    feeds = {graph.inputs[0].name: generator.standard_normal(shape).astype(np.float32)}
                     if text_embeds is not None:
                         feeds[TEXT_EMBEDS] = text_embeds
                 want, got = onnx_runner.infer(feeds), engine_runner.infer(feeds)

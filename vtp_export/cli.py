@@ -1,16 +1,14 @@
 """vtp-export command line: export (default), and listings of models, methods and targets."""
 
 import argparse
-import json
 import os
-import shutil
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from vtp_export.errors import UsageError, VtpError
-from vtp_export.graph_io import CONFIG_JSON
+from vtp_export.errors import Interrupted, UsageError, VtpError
+from vtp_export.output_folder import check_writable
 
 COMMANDS = ("export", "build", "lint", "run", "profile", "models", "methods", "targets")
 LISTINGS = ("models", "methods", "targets")
@@ -39,7 +37,13 @@ def export_parser() -> Parser:
     p.add_argument("--method", required=True, help="pruning method (see: vtp-export methods)")
     p.add_argument("--keep", type=int, help="visual tokens the LLM receives (1..N-1; not needed for 'none')")
     p.add_argument("--target", required=True, help="deployment target (see: vtp-export targets)")
-    p.add_argument("--out", type=Path, help="output folder (default: exports/MODEL-METHOD-kKEEP-TARGET)")
+    p.add_argument("--out", type=Path, help="output folder (default: exports/MODEL-METHOD-kKEEP-TARGET, with any "
+                                            "non-default method/model options in the name)")
+    p.add_argument("--replace", action="store_true",
+                   help="replace an existing export folder even if it holds files vtp-export did not write there")
+    p.add_argument("--grid", help="llava-next: the AnyRes tile grid RxC fixed at export (default 2x2)")
+    p.add_argument("--image-size", help="qwen2.5-vl: the image size HxW fixed at export, multiples of 28 "
+                                        "(default 448x448)")
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--weights", type=Path, help="local HF-format LLaVA checkpoint folder")
     weights.add_argument("--random-weights", action="store_true", help="real-size architecture, seeded random weights")
@@ -68,12 +72,13 @@ def run_export(argv: Sequence[str]) -> int:
     from vtp_export.exporter import ExportRequest, export
 
     args = export_parser().parse_args(argv)
+    model_options = {name: value for name, value in (("grid", args.grid), ("image_size", args.image_size)) if value}
     request = ExportRequest(
         model=args.model, method=args.method, target=args.target, keep=args.keep,
-        method_options=dict(args.method_opt), out=args.out, weights=args.weights, text_weights=args.text_weights,
-        random_weights=args.random_weights, seed=args.seed, batch=args.batch,
+        method_options=dict(args.method_opt), model_options=model_options, out=args.out, weights=args.weights,
+        text_weights=args.text_weights, random_weights=args.random_weights, seed=args.seed, batch=args.batch,
         dynamic_batch=args.dynamic_batch, verify_samples=args.verify_samples, tensorrt_check=args.tensorrt_check,
-        precision=args.precision,
+        precision=args.precision, replace=args.replace,
     )
     out = export(request, progress=progress)
     print(summary(out))
@@ -108,94 +113,107 @@ def run_pipeline(argv: Sequence[str]) -> int:
                "graph and the LLM, streaming the answer.")
     p.add_argument("folder", type=Path, help="export folder written by vtp-export")
     p.add_argument("--image", type=Path, action="append", default=[], help="image file, repeatable")
-    p.add_argument("--prompt", required=True, help="the question; <image> marks where each image goes")
+    p.add_argument("--prompt", required=True, help="the question; the model's image placeholder (<image> for LLaVA) "
+                                                   "marks where each image goes")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; > 0: sampling")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--backend", help="onnxruntime, tensorrt or torch (default: a matching engine, else onnxruntime)")
-    p.add_argument("--llm", type=Path, help="HF LLaVA folder of the LLM (default: the export's checkpoint)")
+    add_llm_arguments(p)
     p.add_argument("--position-ids", default="sequential", help="sequential (default, as LLaVA) or original")
     args = p.parse_args(argv)
-    pipe = Pipeline.from_dir(args.folder, llm=args.llm, backend=args.backend, position_ids=args.position_ids)
-    answer = pipe.answer(args.prompt, args.image, args.max_new_tokens, args.temperature, args.seed,
-                         on_text=lambda _, piece: print(piece, end="", flush=True))
+    with Pipeline.from_dir(args.folder, llm=args.llm, backend=args.backend, llm_backend=args.llm_backend,
+                           position_ids=args.position_ids, llm_layers=args.llm_layers, dtype=args.llm_dtype) as pipe:
+        answer = pipe.answer(args.prompt, args.image, args.max_new_tokens, args.temperature, args.seed,
+                             on_text=lambda _, piece: print(piece, end="", flush=True))
     decode = f"{answer.decode_tokens_per_s:.1f} tokens/s" if answer.decode_tokens_per_s else "n/a"
+    images = len(answer.image_tokens)
+    visual = (f" ({'+'.join(map(str, answer.image_tokens))} visual from {images} image{'s' * (images != 1)})"
+              if images else " (no image)")
     print(f"\n[vtp-export] {len(answer.token_ids)} tokens; time to first token {answer.time_to_first_token_s:.3f} s; "
-          f"decode {decode}; {answer.prompt_tokens} prompt tokens ({'+'.join(map(str, answer.image_tokens))} visual); "
-          f"{answer.backend}")
+          f"decode {decode}; {answer.prompt_tokens} prompt tokens{visual}; vision {answer.backend}, "
+          f"LLM {answer.llm_backend}")
     return 0
 
 
-def run_profile(argv: Sequence[str]) -> int:
-    import tempfile
+def add_llm_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--llm", type=Path, help="the LLM: a HF checkpoint folder (transformers) or a GGUF file "
+                                            "(llama.cpp); default: the export's own")
+    p.add_argument("--llm-backend", default="transformers", choices=("transformers", "llama.cpp"),
+                   help="transformers (default) or llama.cpp (a GGUF from vtp-export llm)")
+    p.add_argument("--llm-layers", type=int, help="random-weight exports: a random LLM of the checkpoint's width and "
+                   "vocabulary with this many decoder layers (for machines that cannot hold the full LLM)")
+    p.add_argument("--llm-dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="transformers: the LLM's dtype (default float32)")
 
+
+def run_profile(argv: Sequence[str]) -> int:
     from vtp_export import profiling
-    from vtp_export.checkpoint import read_llava_config
-    from vtp_export.exporter import ExportRequest, export
-    from vtp_export.models import MODELS
-    from vtp_export.output_folder import read_export
-    from vtp_export.runtime.pipeline import llava_config_of
+    from vtp_export.records import read_report
 
     p = Parser(prog="vtp-export profile", description="Latency profile of export folders (DIR ...), of a sweep "
-               "over methods and keeps (--model --method a,b --keep k1,k2 --target), or a --compare of two reports.")
+               "over methods and keeps (--model --method a,b:key=value --keep k1,k2 --target), or a --compare of "
+               "two reports.")
     p.add_argument("folders", type=Path, nargs="*", help="export folders to profile")
     p.add_argument("--model", help="sweep: model to export")
-    p.add_argument("--method", help="sweep: comma-separated methods")
+    p.add_argument("--method", help="sweep: comma-separated methods, each with options as method:key=value")
     p.add_argument("--keep", help="sweep: comma-separated keeps; N (all tokens) profiles the unpruned model")
     p.add_argument("--target", default="cpu", help="sweep: export target (default cpu)")
     weights = p.add_mutually_exclusive_group()
-    weights.add_argument("--weights", type=Path, help="sweep: LLaVA checkpoint folder")
+    weights.add_argument("--weights", type=Path, help="sweep: checkpoint folder")
     weights.add_argument("--random-weights", action="store_true", help="sweep: seeded random weights")
-    p.add_argument("--llm-layers", type=int, help="random LLM with this many decoder layers (width and vocabulary "
-                   "of the checkpoint); for machines that cannot hold the full LLM")
+    p.add_argument("--grid", help="sweep, llava-next: the tile grid RxC")
+    p.add_argument("--image-size", help="sweep, qwen2.5-vl: the image size HxW")
+    add_llm_arguments(p)
     p.add_argument("--runs", type=int, default=10, help="timed runs per stage after warm-up (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     p.add_argument("--duration", type=float, help="seconds per stage instead of a run count")
-    p.add_argument("--new-tokens", type=int, default=16, help="decoded tokens per decode measurement (default 16)")
+    p.add_argument("--new-tokens", type=int, default=16, help="decoded tokens per decode measurement (default 16, "
+                                                               "at least 2)")
     p.add_argument("--backend", help="vision backend: onnxruntime, tensorrt or torch (default: best available)")
     p.add_argument("--out", type=Path, default=Path("profile"), help="report folder (default ./profile)")
+    p.add_argument("--replace", action="store_true", help="replace a report folder that holds other files too")
     p.add_argument("--compare", type=Path, nargs=2, metavar=("BEFORE", "AFTER"), help="two report.json files")
     args = p.parse_args(argv)
     if args.compare:
-        print(profiling.compare(*(profiling.read_report(path) for path in args.compare)))
+        print(profiling.compare(*(read_report(path) for path in args.compare)))
         return 0
     if args.runs < 1 or args.warmup < 0:
         raise UsageError("--runs must be at least 1 and --warmup not negative")
+    if args.duration is not None and not args.duration > 0:
+        raise UsageError(f"--duration {args.duration} must be a positive number of seconds")
+    if args.new_tokens < 2:
+        raise UsageError(f"--new-tokens {args.new_tokens}: decoding is timed from the second token on, use 2 or more")
+    check_writable(args.out, args.replace, own_files=profiling.report_files)
     timing = dict(runs=args.runs, warmup=args.warmup, duration_s=args.duration, backend=args.backend,
-                  new_tokens=args.new_tokens)
-    profiles = []
+                  new_tokens=args.new_tokens, llm_backend=args.llm_backend, llm_layers=args.llm_layers,
+                  llm=args.llm)
     if args.folders:
+        if args.model or args.method or args.keep:
+            raise UsageError("profile takes export folders or a sweep (--model --method --keep), not both")
+        profiles = []
         for i, folder in enumerate(args.folders):
             progress(profiling.progress_bar(i, len(args.folders), str(folder)))
-            llm = None
-            if args.llm_layers is not None:
-                llm = profiling.random_llm(llava_config_of(read_export(folder)), args.llm_layers)
-            profiles.append(profiling.profile_export(folder, llm=llm, **timing))
+            profiles.append(profiling.profile_export(folder, **timing))
+        progress(profiling.progress_bar(len(args.folders), len(args.folders), "done"))
     else:
         if not (args.model and args.method and args.keep):
             raise UsageError("profile needs export folders, or --model, --method and --keep for a sweep")
-        config = MODELS.get(args.model).make_config() if args.weights is None else read_llava_config(args.weights)
-        llm = profiling.random_llm(config, args.llm_layers) if args.weights is None or args.llm_layers else None
-        runs = profiling.sweep_plan(args.method.split(","), [int(k) for k in args.keep.split(",")], config)
-        with tempfile.TemporaryDirectory(prefix="vtp-profile-") as scratch:
-            for i, (method, keep) in enumerate(runs):
-                progress(profiling.progress_bar(i, len(runs), f"{method} k{keep or 'all'}"))
-                out = export(ExportRequest(model=args.model, method=method, keep=keep, target=args.target,
-                                           weights=args.weights, random_weights=args.random_weights,
-                                           out=Path(scratch) / f"{method}-{keep}", verify_samples=1))
-                profiles.append(profiling.profile_export(out, llm=llm, **timing))
-                shutil.rmtree(out)
-        progress(profiling.progress_bar(len(runs), len(runs), "done"))
+        model_options = {k: v for k, v in (("grid", args.grid), ("image_size", args.image_size)) if v}
+        requests = profiling.sweep_plan(args.model, profiling.parse_methods(args.method),
+                                        profiling.parse_keeps(args.keep), args.target, weights=args.weights,
+                                        random_weights=args.random_weights, model_options=model_options)
+        profiles = profiling.sweep(requests, progress, **timing)
     report = profiling.new_report(profiles)
-    written = profiling.write_report(report, args.out)
+    written = profiling.write_report(report, args.out, args.replace)
     print(profiling.table(report))
     print("wrote " + ", ".join(str(path) for path in written))
     return 0
 
 
 def run_lint(argv: Sequence[str]) -> int:
-    from vtp_export.output_folder import read_export
     from vtp_export.lint import lint_graph
+    from vtp_export.records import read_export
     from vtp_export.targets import TARGETS
 
     p = Parser(prog="vtp-export lint", description="Check an export folder's graphs against a TensorRT target's "
@@ -204,40 +222,42 @@ def run_lint(argv: Sequence[str]) -> int:
     p.add_argument("--target", help="target to check against (default: the export's own)")
     args = p.parse_args(argv)
     record = read_export(args.folder)
-    target = TARGETS.get(args.target or record["target"]["name"])
+    target = TARGETS.get(args.target or record.target.name)
     if not target.uses_tensorrt:
         raise UsageError(f"target {target.name} runs onnxruntime; the lint checks TensorRT targets")
-    for graph in record["graphs"].values():
-        result = lint_graph(args.folder / graph["file"], target, graph["dynamic_batch"])
-        print(f"{graph['file']}: fits {target.name} (opset {result['opset']}, {result['nodes']} nodes)")
+    for graph in record.graphs.values():
+        result = lint_graph(args.folder / graph.file, target, graph.dynamic_batch)
+        print(f"{graph.file}: fits {target.name} (opset {result['opset']}, {result['nodes']} nodes)")
     return 0
 
 
 def summary(out: Path) -> str:
-    record = json.loads((out / CONFIG_JSON).read_text())
+    from vtp_export.records import read_export
+
+    record = read_export(out, verify=False)
     lines = [f"wrote {out}"]
-    for graph in record["graphs"].values():
-        check = graph["verification"]
-        shapes = "  ".join(f"{v['name']} {v['shape']}" for v in graph["outputs"])
+    for graph in record.graphs.values():
+        check = graph.verification
+        shapes = "  ".join(f"{v.name} {v.shape}" for v in graph.outputs)
         diffs = ", ".join(f"{name} max |diff| {value:.2e}" for name, value in check["max_abs_diff"].items())
         selection = f"token_index {check['selection']}, " if "selection" in check else ""
         lines += [
-            f"  {graph['file']}: {graph['nodes']} nodes, opset {graph['opset']}, {shapes}",
+            f"  {graph.file}: {graph.nodes} nodes, opset {graph.opset}, {shapes}",
             f"    verified on {check['samples']} random batches: {selection}{diffs}",
         ]
-        if "lint" in graph:
-            lines.append(f"    fits {graph['lint']['target']}: TensorRT ops, opset, constant TopK K, static shapes")
-        parser = graph.get("tensorrt_parser")
+        if graph.lint is not None:
+            lines.append(f"    fits {graph.lint['target']}: TensorRT ops, opset, constant TopK K, static shapes")
+        parser = graph.tensorrt_parser
         if parser is not None and parser["checked"]:
             built = ", engine built (CPU-only builder)" if parser.get("engine_built") else ""
             lines.append(f"    TensorRT ONNX parser ({parser['parser']}): accepted, {parser['layers']} layers{built}")
         elif parser is not None:
             lines.append(f"    TensorRT ONNX parser: not checked ({parser['reason']})")
-    if "device_build" in record:
-        build = record["device_build"]
-        kept = sum(len(g.get("float32_nodes", [])) for g in record["graphs"].values())
+    if record.device_build is not None:
+        build = record.device_build
+        kept = sum(len(g.float32_nodes) for g in record.graphs.values())
         fp32 = f", {kept} score/norm layers pinned to fp32" if kept else ""
-        lines.append(f"  build the engines on the device ({build['precision']}{fp32}): bash {out / build['script']}")
+        lines.append(f"  build the engines on the device ({build.precision}{fp32}): bash {out / build.script}")
     return "\n".join(lines)
 
 
@@ -246,14 +266,17 @@ def run_listing(command: str, argv: Sequence[str]) -> int:
     if command == "models":
         from vtp_export.models import MODELS
 
-        for name, spec in MODELS.items():
-            print(f"{name:14} {spec.summary}" + (f"  [{spec.canonical_repo}]" if spec.canonical_repo else ""))
+        for name, model in MODELS.items():
+            options = "".join(f"; --{o.name.replace('_', '-')} (default {o.default})" for o in model.options)
+            print(f"{name:16} {model.summary}" + (f"  [{model.canonical_repo}]" if model.canonical_repo else "")
+                  + options)
     elif command == "methods":
         from vtp_export.methods import METHODS
 
         for name, method in METHODS.items():
             conditioning = "text-conditioned (question -> text.onnx)" if method.text_conditioned else "image only"
-            print(f"{name:13} {method.summary}\n{'':13} {conditioning}; reference: {method.reference}")
+            needs = ", ".join(s.value for s in method.requires) or "the patch features only"
+            print(f"{name:13} {method.summary}\n{'':13} {conditioning}; reads {needs}; reference: {method.reference}")
             for option in method.options:
                 default = "derived" if option.default is None else option.default
                 kind = "|".join(map(str, option.choices)) if option.choices else option.type.__name__
@@ -278,7 +301,10 @@ def dispatch(argv: Sequence[str]) -> int:
     if command in LISTINGS:
         return run_listing(command, rest)
     commands = {"export": run_export, "build": run_build, "lint": run_lint, "run": run_pipeline, "profile": run_profile}
-    return commands[command](rest)
+    try:
+        return commands[command](rest)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: nothing was left behind") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -291,9 +317,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VtpError as error:
         print(f"vtp-export: error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("vtp-export: interrupted", file=sys.stderr)
-        return 130
     except Exception as error:
         if os.environ.get(DEBUG_ENV):
             raise

@@ -4,21 +4,18 @@ An engine is tied to the TensorRT version (major.minor) and the GPU's compute ca
 with. The engine folder's config.json records both; `check_engine_matches` compares them with this device.
 """
 
-import json
+import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 
-from vtp_export.errors import VtpError
-from vtp_export.graph_io import CONFIG_JSON
+from vtp_export.errors import EngineMismatchError
+from vtp_export.records import EngineRecord
 from vtp_export.targets import version_tuple
 
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
+CU_COMPUTE_CAPABILITY_MAJOR, CU_COMPUTE_CAPABILITY_MINOR = 75, 76  # CUdevice_attribute values
 # L4T major release -> JetPack line (r35: JetPack 5, r36: JetPack 6, r38: JetPack 7).
 JETPACK_OF_L4T = {"35": "5", "36": "6", "38": "7"}
-
-
-class EngineMismatchError(VtpError):
-    """An engine built for another TensorRT version or GPU."""
 
 
 @dataclass(frozen=True)
@@ -54,37 +51,34 @@ def this_device() -> Device:
         version = tensorrt.__version__
     except Exception:  # not installed, or its libraries do not load
         version = None
-    name = sm = None
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            name, sm = torch.cuda.get_device_name(0), major * 10 + minor
-    except Exception:  # a CPU-only torch, a broken driver
-        pass
+    name, sm = first_cuda_gpu()
     return Device(tensorrt=version, gpu_name=name, sm=sm, jetpack=jetpack_line())
 
 
-def read_engine_record(folder: Path) -> dict:
-    path = folder / CONFIG_JSON
+def first_cuda_gpu() -> tuple[str | None, int | None]:
+    """Name and compute capability of CUDA device 0 through the driver library (no PyTorch needed: device
+    deployments run without it); (None, None) where there is no driver or no GPU."""
     try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EngineMismatchError(f"{folder} has no config.json: not an engine folder written by vtp-export") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise EngineMismatchError(f"{path} is corrupt: {error}") from None
-    if not isinstance(record, dict) or "tensorrt" not in record or "gpu" not in record:
-        raise EngineMismatchError(f"{folder} is not an engine folder written by vtp-export build")
-    return record
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None, None
+    device, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    name = ctypes.create_string_buffer(256)
+    calls = (lambda: cuda.cuInit(0), lambda: cuda.cuDeviceGet(ctypes.byref(device), 0),
+             lambda: cuda.cuDeviceGetName(name, len(name), device),
+             lambda: cuda.cuDeviceGetAttribute(ctypes.byref(major), CU_COMPUTE_CAPABILITY_MAJOR, device),
+             lambda: cuda.cuDeviceGetAttribute(ctypes.byref(minor), CU_COMPUTE_CAPABILITY_MINOR, device))
+    if any(call() != 0 for call in calls):  # CUDA_SUCCESS is 0
+        return None, None
+    return name.value.decode(errors="replace"), major.value * 10 + minor.value
 
 
-def check_engine_matches(record: dict, device: Device) -> None:
+def check_engine_matches(record: EngineRecord, device: Device) -> None:
     """Refuse, in one line, an engine whose TensorRT major.minor or GPU compute capability differ from here."""
-    built = record["gpu"]
-    wanted = (f"TensorRT {record['tensorrt']} for {built['name']} (sm_{built['sm']})"
-              + (f", JetPack {record['jetpack']}" if record.get("jetpack") else ""))
-    same_trt = device.tensorrt is not None and version_tuple(device.tensorrt)[:2] == version_tuple(record["tensorrt"])[:2]
-    if not same_trt or device.sm != built["sm"]:
+    built = record.gpu
+    wanted = (f"TensorRT {record.tensorrt} for {built.name} (sm_{built.sm})"
+              + (f", JetPack {record.jetpack}" if record.jetpack else ""))
+    same_trt = device.tensorrt is not None and version_tuple(device.tensorrt)[:2] == version_tuple(record.tensorrt)[:2]
+    if not same_trt or device.sm != built.sm:
         raise EngineMismatchError(f"the engines were built with {wanted}; this device has {device.describe()}: "
                                   "rebuild them here with vtp-export build")

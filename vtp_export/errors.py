@@ -1,4 +1,5 @@
-"""Typed, user-facing failures. The CLI prints `str(error)` as one line and exits with `exit_code`."""
+"""Typed, user-facing failures, all of them here. The CLI prints `str(error)` as one line and exits with
+`exit_code`; the runtime raises PipelineError, the one type a host process embedding it has to catch."""
 
 
 class VtpError(Exception):
@@ -43,10 +44,28 @@ class OutputFolderError(VtpError):
     """The output folder cannot be written or would overwrite something foreign."""
 
 
+class RecordError(VtpError):
+    """A folder or report is not what its record says: missing, unreadable, corrupt, tampered, of another schema."""
+
+
 class TargetConstraintError(VtpError):
     """A graph uses something the target's TensorRT cannot run (op, opset, TopK K, data-dependent shape)."""
+
+
+class EngineMismatchError(VtpError):
+    """An engine built for another TensorRT version or GPU."""
+
+
+class BuildError(VtpError):
+    """TensorRT could not build an engine from the graph."""
 
 
 class PipelineError(VtpError):
     """The runtime cannot serve a request: bad image, prompt too long, an export or engine that does not
     fit. The one exception type a host process embedding the runtime has to catch."""
+
+
+class Interrupted(VtpError):
+    """Ctrl-C: the job stopped and left nothing behind."""
+
+    exit_code = 130

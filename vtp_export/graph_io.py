@@ -20,3 +20,6 @@ PRODUCER = "vtp-export"
 
 # token_index value of an output slot that has no single source token (padding, or a merge of many).
 NO_SOURCE = -1
+
+MAX_DYNAMIC_BATCH = 64  # largest batch of a dynamic-batch graph (and of its TensorRT profile)
+ENGINE_FOLDER = "engine"  # where vtp-export build puts the engines, inside the export folder

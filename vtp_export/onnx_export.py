@@ -14,6 +14,7 @@ from onnxscript import opset18 as op
 from onnxscript.rewriter._matcher import SimplePatternMatcher
 
 from vtp_export.errors import ExportError
+from vtp_export.graph_io import MAX_DYNAMIC_BATCH
 
 
 def stable_sort_as_topk(self, stable: bool | None = None, dim: int = -1, descending: bool = False):
@@ -46,7 +47,6 @@ def layer_norm_as_primitives(x, normalized_shape, weight=None, bias=None, eps: f
 
 
 BATCH_PROBE = 3  # batch size the shape check pins a dynamic batch axis to
-MAX_DYNAMIC_BATCH = 64  # largest batch of a dynamic-batch graph (and of its TensorRT profile)
 DYNAMO_MIN_OPSET = 18  # the dynamo exporter's lowest opset; older targets get a converted graph
 
 CUSTOM_TRANSLATIONS = {torch.ops.aten.sort.stable: stable_sort_as_topk}

@@ -1,40 +1,66 @@
-"""Output folders appear whole or not at all: build in a hidden sibling, rename at the end."""
+"""Output folders appear whole or not at all: build in a hidden sibling, rename at the end.
+
+An existing folder is replaced only if vtp-export wrote it, and only if it holds nothing else (files a user
+put there, an engine/ built from the old graphs) unless the caller passes replace=True (`--replace`).
+"""
 
 import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from vtp_export.errors import OutputFolderError, UsageError
+from vtp_export.errors import OutputFolderError
 from vtp_export.graph_io import CONFIG_JSON, PRODUCER
 
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+# Lists what vtp-export wrote in a folder of its kind (config.json included), or None for a foreign folder.
+OwnFiles = Callable[[Path], list[str] | None]
 
 
-def is_our_folder(folder: Path) -> bool:
+def export_files(folder: Path) -> list[str] | None:
+    """The files of an export folder as its config.json lists them; [] for an export of another schema."""
+    from vtp_export.errors import RecordError
+    from vtp_export.records import read_export
+
     try:
-        return json.loads((folder / CONFIG_JSON).read_text()).get("producer") == PRODUCER
-    except (OSError, ValueError, AttributeError):
-        return False
+        return [CONFIG_JSON, *read_export(folder, verify=False).files()]
+    except RecordError:
+        try:
+            producer = json.loads((folder / CONFIG_JSON).read_text()).get("producer")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return [CONFIG_JSON] if producer == PRODUCER else None
 
 
-def check_writable(out: Path) -> None:
-    """Refuse early, before any work, to replace a folder that vtp-export did not write."""
-    if out.exists() and not (out.is_dir() and (is_our_folder(out) or not any(out.iterdir()))):
+def check_writable(out: Path, replace: bool = False, own_files: OwnFiles = export_files) -> None:
+    """Refuse early, before any work, to replace a folder vtp-export did not write, or one holding more than
+    vtp-export wrote there (unless `replace`)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputFolderError(f"{out} exists and is a file: choose another --out")
+    try:
+        present = sorted(entry.name for entry in out.iterdir())
+    except PermissionError:
+        raise OutputFolderError(f"cannot read {out}: permission denied") from None
+    if not present:
+        return
+    ours = own_files(out)
+    if ours is None:
         raise OutputFolderError(f"{out} exists and was not written by vtp-export: choose another --out")
+    extra = [name for name in present if name not in ours]
+    if extra and not replace:
+        shown = ", ".join(extra[:4]) + (f" and {len(extra) - 4} more" if len(extra) > 4 else "")
+        raise OutputFolderError(f"{out} holds what vtp-export did not write there ({shown}): replacing it would "
+                                "delete them; move them away or pass --replace")
 
 
 @contextlib.contextmanager
-def staged_folder(out: Path) -> Iterator[Path]:
-    """Yield an empty staging folder; on success it replaces `out`, on any failure it is removed."""
-    check_writable(out)
+def staged_folder(out: Path, replace: bool = False, own_files: OwnFiles = export_files) -> Iterator[Path]:
+    """Yield an empty staging folder; on success it replaces `out`, on any failure (Ctrl-C too) it is removed."""
+    check_writable(out, replace, own_files)
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -59,16 +85,7 @@ def staged_folder(out: Path) -> Iterator[Path]:
         raise
 
 
-def read_export(folder: Path) -> dict:
-    if not folder.is_dir():
-        raise UsageError(f"export folder {folder} does not exist")
-    if not is_our_folder(folder):
-        raise UsageError(f"{folder} was not written by vtp-export (no config.json from it)")
-    record = json.loads((folder / CONFIG_JSON).read_text())
-    if "graphs" not in record or "target" not in record:
-        raise UsageError(f"{folder} is an engine folder or from an older vtp-export: pass an export folder")
-    for graph in record["graphs"].values():
-        path = folder / graph["file"]
-        if not path.is_file():
-            raise UsageError(f"{folder} lacks {graph['file']}, which its config.json lists")
-    return record
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

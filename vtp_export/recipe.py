@@ -1,8 +1,11 @@
 """The device-side TensorRT build recipe: one trtexec command per graph with the target's flags, as a script."""
 
 import shlex
+from collections.abc import Iterable
 from pathlib import Path
 
+from vtp_export.graph_io import MAX_DYNAMIC_BATCH
+from vtp_export.records import GraphRecord
 from vtp_export.targets import Target
 
 BUILD_SCRIPT = "build_engine.sh"
@@ -14,32 +17,29 @@ def engine_name(onnx_name: str) -> str:
     return Path(onnx_name).with_suffix(".engine").name
 
 
-def trtexec_arguments(target: Target, onnx_name: str, inputs: list[dict], dynamic_batch: bool, max_batch: int,
-                      precision: str, float32_nodes: list[str]) -> list[str]:
-    """`inputs`: the graph's input signatures (name, dtype, shape) as graph_signature records them;
-    `float32_nodes`: layers an fp16 engine keeps in float32 (TensorRT names layers after ONNX nodes)."""
-    args = [f"--onnx={onnx_name}", f"--saveEngine={engine_name(onnx_name)}", f"--timingCacheFile={TIMING_CACHE}"]
+def trtexec_arguments(target: Target, graph: GraphRecord, precision: str) -> list[str]:
+    """The graph's float32_nodes are the layers an fp16 engine keeps in float32 (TensorRT names layers after
+    ONNX nodes)."""
+    args = [f"--onnx={graph.file}", f"--saveEngine={engine_name(graph.file)}", f"--timingCacheFile={TIMING_CACHE}"]
     if precision == "fp16":
         args.append("--fp16")
-        if float32_nodes:
+        if graph.float32_nodes:
             args += ["--precisionConstraints=obey",
-                     "--layerPrecisions=" + ",".join(f"{name}:fp32" for name in float32_nodes)]
+                     "--layerPrecisions=" + ",".join(f"{name}:fp32" for name in graph.float32_nodes)]
     if target.workspace_mib:
         args.append(f"--memPoolSize=workspace:{target.workspace_mib}M")
-    if dynamic_batch:
-        for option, batch in (("--minShapes", 1), ("--optShapes", 1), ("--maxShapes", max_batch)):
-            shapes = ",".join(f"{i['name']}:" + "x".join(map(str, [batch, *i["shape"][1:]])) for i in inputs)
+    if graph.dynamic_batch:
+        for option, batch in (("--minShapes", 1), ("--optShapes", 1), ("--maxShapes", MAX_DYNAMIC_BATCH)):
+            shapes = ",".join(f"{i.name}:" + "x".join(map(str, [batch, *i.shape[1:]])) for i in graph.inputs)
             args.append(f"{option}={shapes}")
     return args
 
 
-def write_build_script(folder: Path, target: Target, graphs: dict[str, dict], dynamic_batch: bool, max_batch: int,
-                       precision: str) -> list[str]:
-    """Write build_engine.sh into `folder` for each graph in `graphs` (ONNX file name -> {"inputs": input
-    signatures, "float32_nodes": [...]}); return the trtexec command lines it runs."""
-    arguments = [trtexec_arguments(target, name, g["inputs"], dynamic_batch, max_batch, precision, g["float32_nodes"])
-                 for name, g in graphs.items()]
-    engines = ", ".join(engine_name(name) for name in graphs)
+def write_build_script(folder: Path, target: Target, graphs: Iterable[GraphRecord], precision: str) -> list[str]:
+    """Write build_engine.sh into `folder` for `graphs`; return the trtexec command lines it runs."""
+    graphs = list(graphs)
+    arguments = [trtexec_arguments(target, graph, precision) for graph in graphs]
+    engines = ", ".join(engine_name(graph.file) for graph in graphs)
     lines = "\n".join(f'"$TRTEXEC" {shlex.join(args)}' for args in arguments)
     script = f"""#!/usr/bin/env bash
 # Builds {engines} ({precision}) on the target device: {target.summary}.

@@ -8,6 +8,9 @@ from collections import Counter
 from pathlib import Path
 
 import onnx
+from google.protobuf.message import DecodeError
+
+from vtp_export.errors import RecordError
 
 GRAPHS_DIR = Path(__file__).resolve().parent.parent / "graphs"
 # Every registered method has a golden signature for this model at this keep (`none` at its own N),
@@ -31,8 +34,27 @@ def value_signature(value: onnx.ValueInfoProto) -> dict:
     return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, "shape": shape}
 
 
+def load_graph(path: Path) -> onnx.ModelProto:
+    """The graph without its weights; RecordError for a file that is not a readable ONNX model."""
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except (DecodeError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError) as error:
+        raise RecordError(f"{path} is not a valid ONNX model (truncated or corrupt): {str(error)[:120]}") from None
+    except OSError as error:
+        raise RecordError(f"cannot read {path}: {error.strerror}") from None
+
+
+def graph_io(path: Path):
+    """(inputs, outputs) of the graph at `path` as records.TensorSpec lists."""
+    from vtp_export.records import TensorSpec
+
+    graph = load_graph(path).graph
+    return ([TensorSpec(**value_signature(v)) for v in graph.input],
+            [TensorSpec(**value_signature(v)) for v in graph.output])
+
+
 def graph_signature(path: Path) -> dict:
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_graph(path)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     return {
         "opset": opset,

@@ -75,6 +75,8 @@ def load_target(path: Path) -> Target:
         target = Target(**data)
     except TypeError as error:
         raise ValueError(f"{path}: {error}") from None
+    if target.name != path.stem:
+        raise ValueError(f"{path}: name {target.name!r} differs from the file name {path.stem!r}")
     if target.opset > target.max_opset:
         raise ValueError(f"{path}: opset {target.opset} above the target's ceiling {target.max_opset}")
     if not set(target.precisions) <= set(PRECISIONS) or target.default_precision not in target.precisions:

@@ -7,15 +7,17 @@ an engine from it. Where the full `tensorrt` package and a GPU are present, that
 
 import importlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 from vtp_export.errors import TensorRTParseError
+from vtp_export.interrupts import deferred_interrupt
 
 BINDINGS = ("tensorrt", "tensorrt_rtx_bindings")
 
 
-def _collecting_logger(trt: ModuleType):
+def collecting_logger(trt: ModuleType):
     class CollectingLogger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
@@ -28,12 +30,32 @@ def _collecting_logger(trt: ModuleType):
     return CollectingLogger()
 
 
+def progress_monitor(trt: ModuleType, progress: Callable[[str], None], interrupted: Callable[[], bool]):
+    """TensorRT's build phases as progress lines; a Ctrl-C (noted by deferred_interrupt) cancels the build."""
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            if parent_phase is None:
+                progress(f"  {phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name, step):
+            return not interrupted()  # False cancels the build
+
+        def phase_finish(self, phase_name):
+            pass
+
+    return Monitor()
+
+
 def available_builder() -> tuple[ModuleType, object, object] | None:
     """(module, builder, logger) of the first TensorRT binding that can create a builder here."""
     for name in BINDINGS:
         try:
             trt = importlib.import_module(name)
-            logger = _collecting_logger(trt)
+            logger = collecting_logger(trt)
             builder = trt.Builder(logger)
         except Exception:  # not installed, or no GPU for the full TensorRT
             continue
@@ -54,7 +76,9 @@ def check_with_tensorrt_parser(path: Path, build_engine: bool) -> dict:
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
     start = time.perf_counter()
-    if not parser.parse_from_file(str(path)):
+    with deferred_interrupt():
+        parsed = parser.parse_from_file(str(path))
+    if not parsed:
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] or logger.errors
         raise TensorRTParseError(f"TensorRT ONNX parser rejected {path.name}: {' | '.join(errors)[:500]}")
     record = {
@@ -65,7 +89,11 @@ def check_with_tensorrt_parser(path: Path, build_engine: bool) -> dict:
     }
     if build_engine:
         start = time.perf_counter()
-        engine = builder.build_serialized_network(network, builder.create_builder_config())
+        with deferred_interrupt() as interrupted:
+            config = builder.create_builder_config()
+            if hasattr(trt, "IProgressMonitor"):
+                config.progress_monitor = progress_monitor(trt, lambda _: None, interrupted)
+            engine = builder.build_serialized_network(network, config)
         if engine is None:
             raise TensorRTParseError(f"TensorRT builder failed on {path.name}: {' | '.join(logger.errors)[:500]}")
         record |= {"engine_built": True, "build_seconds": round(time.perf_counter() - start, 2)}

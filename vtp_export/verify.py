@@ -1,6 +1,5 @@
-"""Parity of an exported graph with the PyTorch module it came from, on seeded random images."""
+"""Parity of an exported graph with the PyTorch module it came from, on seeded random inputs."""
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -8,13 +7,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from vtp_export.agreement import matched_rows, set_overlap
 from vtp_export.errors import IndexMismatchError, ShapeMismatchError, ToleranceError
-from vtp_export.graph_io import IMAGE_EMBEDS, PIXEL_VALUES, TOKEN_INDEX
-from vtp_export.models import Geometry
-
-# CLIP's image normalisation, as LLaVA's processor applies it.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from vtp_export.graph_io import IMAGE_EMBEDS, TOKEN_INDEX
+from vtp_export.onnxruntime_sessions import onnxruntime_session
+from vtp_export.random_inputs import Arrays
 
 
 @dataclass(frozen=True)
@@ -25,30 +22,6 @@ class Tolerance:
     rtol: float = 1e-3
 
 
-def random_pixel_values(geometry: Geometry, batch: int, seed: int) -> torch.Tensor:
-    """Images of uniform random colours in [0, 1], normalised like LLaVA's CLIP processor."""
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.rand(batch, 3, geometry.image_size, geometry.image_size, generator=generator)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (images - mean) / std
-
-
-def cpu_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def onnxruntime_session(path: Path, threads: int | None = None,
-                        providers: list[str] | None = None) -> ort.InferenceSession:
-    """A session with explicit CPU threads; `providers` ahead of the CPU provider where given (CUDA)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or cpu_threads()  # more threads than cores halves the speed
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=[*(providers or []), "CPUExecutionProvider"])
-
-
-Arrays = dict[str, np.ndarray]  # one sample's graph inputs or outputs by name
 # Chaotic methods (exact_selection = False) must share at least this share of each image's kept set.
 MIN_SET_OVERLAP = 0.5
 
@@ -62,46 +35,6 @@ def torch_outputs(module: torch.nn.Module, inputs: list[Arrays], output_names: t
             outputs = outputs if isinstance(outputs, tuple) else (outputs,)
             results.append({name: t.numpy() for name, t in zip(output_names, outputs)})
     return results
-
-
-def verification_inputs(geometry: Geometry, batch: int, samples: int, seed: int) -> list[Arrays]:
-    return [{PIXEL_VALUES: random_pixel_values(geometry, batch, seed + i).numpy()} for i in range(samples)]
-
-
-def random_input_ids(batch: int, length: int, vocab: int, seed: int) -> np.ndarray:
-    """Ids laid out like CLIP's tokenizer output padded to `length`: BOS, random text, EOS, EOS padding.
-
-    CLIP's vocabulary ends with <|startoftext|>, <|endoftext|>.
-    """
-    generator = np.random.default_rng(seed)
-    bos, eos = vocab - 2, vocab - 1
-    ids = np.full((batch, length), eos, dtype=np.int64)
-    for row in ids:
-        end = int(generator.integers(2, length))
-        row[0] = bos
-        row[1:end] = generator.integers(0, bos, end - 1)
-    return ids
-
-
-def set_overlap(got: np.ndarray, want: np.ndarray) -> float:
-    """Smallest per-row share of want's real source tokens that got also kept."""
-    shares = []
-    for have, expected in zip(got, want):
-        real = set(expected[expected >= 0].tolist())
-        shares.append(len(real & set(have.tolist())) / len(real) if real else 1.0)
-    return min(shares)
-
-
-def matched_rows(got_index: np.ndarray, want_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row, slot) pairs of got and of want holding the same source token, for comparing embeds by source."""
-    got_at, want_at = [], []
-    for b, (have, expected) in enumerate(zip(got_index, want_index)):
-        slot_of = {int(t): j for j, t in enumerate(expected) if t >= 0}
-        for i, t in enumerate(have):
-            if int(t) in slot_of:
-                got_at.append((b, i))
-                want_at.append((b, slot_of[int(t)]))
-    return tuple(np.array(got_at).T), tuple(np.array(want_at).T)
 
 
 def compare_with_onnxruntime(path: Path, inputs: list[Arrays], expected: list[Arrays],

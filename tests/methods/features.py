@@ -1,24 +1,25 @@
 """Random VisionFeatures and a real LLaVA projector for method tests."""
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import torch
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from vtp_export.methods.base import VisionFeatures
-from vtp_export.models import Geometry, geometry_of, llava15_tiny_config
-
+from vtp_export.models import MODELS
+from vtp_export.models.base import Geometry
 
 CLIP_WIDTH = 16  # llava15-tiny's CLIP joint embedding width
+TINY = MODELS.get("llava15-tiny")
 
 
 def tiny_geometry(image_size: int = 336) -> Geometry:
-    return geometry_of(llava15_tiny_config(image_size))
+    return TINY.geometry(TINY.default_config(image_size), {})
 
 
 def tiny_projector(seed: int = 0) -> LlavaMultiModalProjector:
     torch.manual_seed(seed)
-    return LlavaMultiModalProjector(llava15_tiny_config()).eval()
+    return LlavaMultiModalProjector(TINY.default_config()).eval()
 
 
 def random_features(geometry: Geometry, batch: int = 2, seed: int = 0, peaked: bool = False) -> VisionFeatures:
@@ -41,4 +42,5 @@ def random_features(geometry: Geometry, batch: int = 2, seed: int = 0, peaked: b
 
 
 def batch_item(features: VisionFeatures, index: int) -> VisionFeatures:
-    return VisionFeatures(**{f.name: getattr(features, f.name)[index:index + 1] for f in fields(features)})
+    return replace(features, **{f.name: getattr(features, f.name)[index:index + 1] for f in fields(features)
+                                if isinstance(getattr(features, f.name), torch.Tensor)})

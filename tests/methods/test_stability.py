@@ -15,21 +15,24 @@ from functools import cache
 import pytest
 import torch
 
-from vtp_export.encoder import full_width_cls_attention, run_feature_layer
+from vtp_export.checkpoint import load_clip_text, load_vision_stack
 from vtp_export.errors import UsageError
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import VisionFeatures
-from vtp_export.models import MODELS, random_clip_text, random_vision_stack
-from vtp_export.verify import random_input_ids, random_pixel_values
+from vtp_export.models import MODELS
+from vtp_export.random_inputs import random_input_ids, random_pixel_values
+from vtp_export.towers.clip import full_width_cls_attention, run_feature_layer
+from vtp_export.weights import RandomWeights
 
-SPEC = MODELS.get("llava15-tiny")
+TINY = MODELS.get("llava15-tiny")
 EXACT = [name for name, method in METHODS.items() if method.exact_selection and name != "none"]
 
 
 @cache
 def tiny_model():
-    stack = random_vision_stack(SPEC.make_config(), seed=0)
-    stack.clip = random_clip_text(SPEC.make_clip_config(), seed=0)
+    config = TINY.default_config()
+    stack = load_vision_stack(TINY, config, {}, RandomWeights(0))
+    stack.clip = load_clip_text(TINY, config, RandomWeights(0))
     return stack
 
 
@@ -38,9 +41,10 @@ def model_features(seed: int) -> VisionFeatures:
     """Every signal any method reads, from the tiny model on two random images and questions."""
     stack = tiny_model()
     tower, layer = stack.tower, stack.geometry.feature_layer
-    ids = torch.from_numpy(random_input_ids(2, stack.clip.max_length, stack.clip.config.text_config.vocab_size, seed))
+    ids = torch.from_numpy(random_input_ids(2, stack.clip.max_length, stack.clip.vocab_size, seed))
     with torch.no_grad():
-        x = tower.pre_layrnorm(tower.embeddings(random_pixel_values(stack.geometry, 2, seed)))
+        pixel_values = torch.from_numpy(random_pixel_values(stack.geometry, 2, seed))
+        x = tower.pre_layrnorm(tower.embeddings(pixel_values))
         for encoder_layer in tower.encoder.layers[:layer]:
             x = encoder_layer(x, None)
         features = run_feature_layer(tower.encoder.layers[layer], x, with_attention=True)
@@ -54,7 +58,8 @@ def model_features(seed: int) -> VisionFeatures:
 
 def in_float64(features):
     return dataclasses.replace(features, **{f.name: getattr(features, f.name).double()
-                                            for f in dataclasses.fields(features)})
+                                            for f in dataclasses.fields(features)
+                                            if isinstance(getattr(features, f.name), torch.Tensor)})
 
 
 @pytest.mark.parametrize("name", EXACT)

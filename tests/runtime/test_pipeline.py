@@ -10,17 +10,21 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
-from vtp_export.checkpoint import load_checkpoint, load_clip_text, read_llava_config
+from vtp_export.checkpoint import load_clip_text, load_vision_stack
 from vtp_export.cli import main
-from vtp_export.encoder import ClipTextEncoder, PrunedVisionEncoder
 from vtp_export.errors import PipelineError
 from vtp_export.exporter import ExportRequest, export
 from vtp_export.graph_io import NUM_VALID
 from vtp_export.methods import METHODS
+from vtp_export.models import MODELS
 from vtp_export.runtime import Pipeline
-from vtp_export.runtime.images import image_processor
-from vtp_export.runtime.pipeline import PROMPT_TEMPLATE
-from vtp_export.runtime.tokenizer import IMAGE_TOKEN, clip_input_ids
+from vtp_export.runtime.tokenizer import clip_input_ids
+from vtp_export.towers.clip import ClipTextEncoder
+from vtp_export.vision_graph import VisionGraph
+from vtp_export.weights import WeightsFolder, read_model_config
+
+LLAVA15 = MODELS.get("llava15")
+IMAGE_TOKEN = LLAVA15.image_token
 
 QUESTION = "What is in the picture?"
 NEW_TOKENS = 8
@@ -61,21 +65,21 @@ def exports(bundle, tmp_path_factory):
 
 def hf_ids_with_pruning(hf, bundle, method_name: str, keep: int, image: np.ndarray) -> list[int]:
     """HF LLaVA's generate() on inputs_embeds whose image part is the PyTorch pruning of its features."""
-    config = read_llava_config(bundle)
-    stack = load_checkpoint(bundle, config)
+    config = read_model_config(LLAVA15, WeightsFolder(bundle))
+    stack = load_vision_stack(LLAVA15, config, {}, WeightsFolder(bundle))
     method = METHODS.get(method_name).create(stack.geometry, keep, {})
-    pixel_values = torch.from_numpy(image_processor(336)([Image.fromarray(image)], return_tensors="np")["pixel_values"])
+    pixel_values = torch.from_numpy(LLAVA15.preprocess([Image.fromarray(image)], stack.geometry))
     with torch.no_grad():
         if method.text_conditioned:
-            stack.clip = load_clip_text(bundle / "clip", config)
+            stack.clip = load_clip_text(LLAVA15, config, WeightsFolder(bundle / "clip"))
             ids = clip_input_ids(AutoTokenizer.from_pretrained(bundle / "clip"), [QUESTION], 77)
-            outputs = PrunedVisionEncoder(stack, method)(pixel_values, ClipTextEncoder(stack.clip)(torch.from_numpy(ids)))
+            outputs = VisionGraph(LLAVA15, stack, method)(pixel_values, ClipTextEncoder(stack.clip)(torch.from_numpy(ids)))
         else:
-            outputs = PrunedVisionEncoder(stack, method)(pixel_values)
+            outputs = VisionGraph(LLAVA15, stack, method)(pixel_values)
         valid = int(outputs[2][0]) if NUM_VALID in method.output_names else outputs[0].shape[1]
         image_embeds = outputs[0][0, :valid]
         tokenizer = AutoTokenizer.from_pretrained(bundle)
-        ids = tokenizer(PROMPT_TEMPLATE.format(content=f"{IMAGE_TOKEN}\n{QUESTION}"), return_tensors="pt").input_ids[0]
+        ids = tokenizer(LLAVA15.prompt(f"{IMAGE_TOKEN}\n{QUESTION}"), return_tensors="pt").input_ids[0]
         slot = int((ids == config.image_token_id).nonzero()[0])
         embed = hf.get_input_embeddings()
         inputs_embeds = torch.cat([embed(ids[:slot]), image_embeds, embed(ids[slot + 1:])]).unsqueeze(0)
@@ -99,9 +103,9 @@ def test_none_equals_unmodified_hf_llava_generate(bundle, hf, exports):
     pipe = Pipeline.from_dir(exports("none"))
     answer = pipe.answer(QUESTION, [picture(1)], max_new_tokens=NEW_TOKENS)
     tokenizer = AutoTokenizer.from_pretrained(bundle)
-    prompt = PROMPT_TEMPLATE.format(content=IMAGE_TOKEN * 576 + "\n" + QUESTION)
+    prompt = LLAVA15.prompt(IMAGE_TOKEN * 576 + "\n" + QUESTION)
     ids = tokenizer(prompt, return_tensors="pt").input_ids
-    pixel_values = torch.from_numpy(image_processor(336)([Image.fromarray(picture(1))], return_tensors="np")["pixel_values"])
+    pixel_values = torch.from_numpy(pipe.preprocess([picture(1)]))
     with torch.no_grad():
         reference = hf.generate(input_ids=ids, pixel_values=pixel_values, max_new_tokens=NEW_TOKENS, do_sample=False)
     assert answer.token_ids == reference[0, ids.shape[1]:].tolist()
@@ -126,15 +130,13 @@ def test_batch_and_several_images_per_prompt(exports):
 def test_position_policies(exports):
     pipe = Pipeline.from_dir(exports("fastervlm"), position_ids="original")
     vision = pipe.encode_images([picture()], [QUESTION])
-    sequence = pipe.sequence(f"{IMAGE_TOKEN}\n{QUESTION}", vision, range(1))
-    prefix = int((pipe.tokenizer(PROMPT_TEMPLATE.format(content=IMAGE_TOKEN), return_tensors="pt").input_ids[0]
-                  == pipe.image_token_id).nonzero()[0])
-    kept = torch.from_numpy(vision["token_index"][0])
-    assert torch.equal(sequence.positions[prefix:prefix + 16], prefix + kept - 1)
-    assert int(sequence.positions[prefix + 16]) == prefix + 576, "text resumes after all N patch positions"
+    text, image, after = pipe.segments(f"{IMAGE_TOKEN}\n{QUESTION}", vision, range(1))
+    prefix = len(text)
+    assert (image.positions == prefix + vision["token_index"][0] - 1).all()
+    assert after.positions[0] == prefix + 576, "text resumes after all N patch positions"
     pipe.position_ids = "sequential"
-    assert torch.equal(pipe.sequence(f"{IMAGE_TOKEN}\n{QUESTION}", vision, range(1)).positions,
-                       torch.arange(len(sequence.positions)))
+    positions = np.concatenate([s.positions for s in pipe.segments(f"{IMAGE_TOKEN}\n{QUESTION}", vision, range(1))])
+    assert (positions == np.arange(prefix + 16 + len(after))).all()
 
 
 def test_streaming_and_sampling(exports):
@@ -167,7 +169,11 @@ def damaged(tmp_path):
     (lambda p, d: p.answer(QUESTION, [d / "float.tiff"]), "unsupported image mode 'F'"),
     (lambda p, d: p.answer(QUESTION, [np.zeros((4, 4, 3), np.float32)]), "numpy image must be uint8"),
     (lambda p, d: p.answer(QUESTION, [42]), "unsupported image type int"),
-    (lambda p, d: p.answer("<image> and <image>", [picture()]), "2 <image> placeholders for 1 images"),
+    (lambda p, d: p.answer("<image> and <image>", [picture()]), "2 <image> placeholders for 1 image$"),
+    (lambda p, d: p.answer(QUESTION, [d]), "is a folder, not an image file"),
+    (lambda p, d: p.answer(QUESTION, [np.zeros((1, 2000, 3), np.uint8)]), "aspect ratios beyond 16:1 are refused"),
+    (lambda p, d: p.answer(QUESTION, [picture()], temperature=float("nan")), "must be a finite number"),
+    (lambda p, d: p.answer_batch([]), "needs at least one"),
     (lambda p, d: p.answer(QUESTION * 400, [picture()]), "exceeds the LLM's context of 2048"),
     (lambda p, d: p.answer(QUESTION, [picture()], max_new_tokens=0), "must be at least 1"),
 ])
@@ -191,11 +197,37 @@ def test_bad_folders_and_backends(exports, tmp_path):
         Pipeline.from_dir(without_text)
 
 
+def test_llm_folder_must_fit_the_export(exports, tiny_clip, tmp_path):
+    with pytest.raises(PipelineError, match="is not a llava15 checkpoint"):
+        Pipeline.from_dir(exports("fastervlm"), llm=tiny_clip)
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    (wide / "config.json").write_text(LLAVA15.default_config().to_json_string())  # a 4096-wide LLM
+    with pytest.raises(PipelineError, match="has an LLM of width 4096, the export's image embeddings are 64 wide"):
+        Pipeline.from_dir(exports("fastervlm"), llm=wide)
+
+
+def test_a_random_llm_too_large_for_memory_is_refused_up_front(monkeypatch, tmp_path):
+    from vtp_export.runtime import llm
+
+    out = export(ExportRequest(model="llava15-tiny", method="fastervlm", keep=8, target="cpu", out=tmp_path / "e",
+                               verify_samples=1))
+    monkeypatch.setattr(llm, "available_memory_bytes", lambda: 1 << 20)
+    with pytest.raises(PipelineError, match=r"needs about .* GiB .* --llm-layers"):
+        Pipeline.from_dir(out)
+
+
+def test_pipeline_is_a_context_manager(exports):
+    with Pipeline.from_dir(exports("fastervlm")) as pipe:
+        assert pipe.answer(QUESTION, [picture()], max_new_tokens=2).token_ids
+    assert pipe.backend.sessions == {}
+
+
 def test_cli_run_streams_the_answer(exports, tmp_path, capsys):
     Image.fromarray(picture()).save(tmp_path / "picture.png")
     assert main(["run", str(exports("fastervlm")), "--image", str(tmp_path / "picture.png"), "--prompt", QUESTION,
                  "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out
-    assert "[vtp-export] " in out and "time to first token" in out and "(16 visual)" in out
+    assert "[vtp-export] " in out and "time to first token" in out and "(16 visual from 1 image)" in out
     assert main(["run", str(exports("fastervlm")), "--image", str(tmp_path / "nope.png"), "--prompt", "x"]) == 2
     assert "vtp-export: error: image" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """What every pruning method is: a static-shape torch module from vision features to K projected tokens."""
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -8,31 +9,42 @@ from torch import Tensor, nn
 
 from vtp_export.errors import UsageError
 from vtp_export.graph_io import VISION_OUTPUTS
-from vtp_export.models import Geometry
+from vtp_export.models.base import Geometry, Signal
 
 
 @dataclass
 class VisionFeatures:
-    """What the feature layer of the vision tower hands to a pruning method."""
+    """What the tower's feature layer hands to a pruning method (one crop per batch row). Only the signals
+    the method requires (PruningMethod.requires) are computed; the rest stay None."""
 
-    hidden: Tensor  # (B, 1+N, C): feature-layer output, CLS first (LLaVA's hidden_states[-2])
-    cls_attention: Tensor | None  # (B, H, 1+N) float32: the CLS row of the feature layer's softmax attention
-    keys: Tensor | None  # (B, H, 1+N, d_h): the feature layer's k_proj output (bias included, unscaled)
+    hidden: Tensor  # (B, [CLS] + N, C): feature-layer output, CLS first where the tower has one
+    cls_attention: Tensor | None = None  # (B, H, 1+N) float32: the CLS row of the feature layer's softmax attention
+    keys: Tensor | None = None  # (B, H, 1+N, d_h): the feature layer's k_proj output (bias included, unscaled)
     # The next layer's q_proj/k_proj on layer_norm1(hidden) taken as one full-width head (PruMerge):
     next_cls_attention: Tensor | None = None  # (B, 1+N) float32: softmax(q_cls . K^T / sqrt(C))
     next_keys: Tensor | None = None  # (B, 1+N, C)
     # Text-conditioned methods: CLIP's joint embedding space.
     clip_patch_embeds: Tensor | None = None  # (B, N, P): visual_projection(post_layernorm(patches)), unnormalised
     text_embeds: Tensor | None = None  # (B, P): CLIP text tower + text_projection of the question, unnormalised
+    # Towers without a CLS token: the attention each token receives (Qwen2.5-VL), float32.
+    received_attention: Tensor | None = None  # (B, N)
+    cls_token: bool = True
 
     @property
     def patches(self) -> Tensor:
-        return self.hidden[:, 1:]
+        """(B, N, C) the patch tokens, raster order."""
+        return self.hidden[:, 1:] if self.cls_token else self.hidden
 
     def patch_attention(self) -> Tensor:
-        """(B, N) CLS attention to each patch, mean over heads."""
-        assert self.cls_attention is not None
-        return self.cls_attention[:, :, 1:].mean(dim=1)
+        """(B, N) float32 attention score of each patch: the CLS row (mean over heads), or for towers without a
+        CLS token the attention each token receives."""
+        if self.cls_attention is not None:
+            return self.cls_attention[:, :, 1:].mean(dim=1)
+        assert self.received_attention is not None
+        return self.received_attention
+
+
+INT64_LIMIT = 2**63
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,10 @@ class MethodOption:
             value = self.type(text)
         except ValueError:
             raise UsageError(f"method {method}: option {self.name}={text!r} is not a {self.type.__name__}") from None
+        if self.type is float and not math.isfinite(value):
+            raise UsageError(f"method {method}: option {self.name}={text!r} is not a finite number")
+        if self.type is int and not -INT64_LIMIT <= value < INT64_LIMIT:
+            raise UsageError(f"method {method}: option {self.name}={text!r} is out of range (64-bit integers)")
         if self.choices is not None and value not in self.choices:
             allowed = ", ".join(map(str, self.choices))
             raise UsageError(f"method {method}: option {self.name}={text!r} is not one of {allowed}")
@@ -66,13 +82,20 @@ class PruningMethod(nn.Module):
     summary: ClassVar[str]
     reference: ClassVar[str]  # official repository @ commit, file
     options: ClassVar[tuple[MethodOption, ...]] = ()
-    uses_attention: ClassVar[bool] = True  # needs the CLS attention row (and keys) of the feature layer
+    # What the method reads besides the patch features; a model whose tower lacks one refuses the method.
+    requires: ClassVar[frozenset[Signal]] = frozenset({Signal.CLS_ATTENTION, Signal.KEYS})
+    unsupported_reason: ClassVar[str] = ""  # said after the refusal, e.g. which paper form needs what
     projects_all_tokens: ClassVar[bool] = False  # selects on projector outputs, so projects all N tokens first
-    uses_next_layer: ClassVar[bool] = False  # needs next_cls_attention / next_keys
-    text_conditioned: ClassVar[bool] = False  # needs text_embeds (a text graph input) and clip_patch_embeds
     # False where float noise between backends legitimately changes the kept set (chaotic tie structure):
     # verification then measures set overlap instead of requiring identical indices.
     exact_selection: ClassVar[bool] = True
+
+    # Needs text_embeds, a graph input the CLIP text graph computes from the question (set from `requires`).
+    text_conditioned: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.text_conditioned = Signal.CLIP_TEXT in cls.requires
 
     def __init__(self, geometry: Geometry, keep: int, **options: Any) -> None:
         super().__init__()
@@ -82,13 +105,26 @@ class PruningMethod(nn.Module):
 
     @classmethod
     def output_tokens(cls, geometry: Geometry, keep: int | None) -> int:
-        """K, after validating the requested keep against the model's N patch tokens."""
-        n = geometry.num_patches
+        """The tokens the method keeps of each crop, after validating the requested per-image keep: 1..N-1 for
+        one crop; for C crops (LLaVA-NeXT) a multiple of C whose share of each crop is 1..N-1."""
+        n, crops = geometry.num_patches, geometry.crops
         if keep is None:
-            raise UsageError(f"method {cls.name} needs --keep (1..{n - 1})")
-        if not 1 <= keep < n:
-            raise UsageError(f"--keep {keep} is out of range for {cls.name}: the model has {n} tokens, use 1..{n - 1}")
-        return keep
+            raise UsageError(f"method {cls.name} needs --keep ({crops}..{crops * (n - 1)}"
+                             + (f", a multiple of the {crops} crops)" if crops > 1 else ")"))
+        if crops > 1 and keep % crops:
+            low, high = keep // crops * crops, (keep // crops + 1) * crops
+            nearest = " or ".join(str(k) for k in (low, high) if crops <= k <= crops * (n - 1))
+            raise UsageError(f"--keep {keep} is not a multiple of the {crops} crops {cls.name} splits it over "
+                             f"(top-k per crop): use {nearest}")
+        if not 1 <= keep // crops < n:
+            raise UsageError(f"--keep {keep} is out of range for {cls.name}: the model has {crops * n} tokens per image"
+                             f"{f' in {crops} crops' if crops > 1 else ''}, use {crops}..{crops * (n - 1)}")
+        return keep // crops
+
+    @property
+    def tokens_per_image(self) -> int:
+        """K, the visual tokens the LLM receives per image: the per-crop keep over all crops."""
+        return self.keep * self.geometry.crops
 
     @classmethod
     def parse_options(cls, raw: dict[str, str]) -> dict[str, Any]:
@@ -106,6 +142,11 @@ class PruningMethod(nn.Module):
         keep = cls.output_tokens(geometry, keep)
         return cls(geometry, keep, **cls.parse_options(raw_options))
 
+    @classmethod
+    def from_record(cls, geometry: Geometry, keep: int, options: dict[str, Any]) -> "PruningMethod":
+        """The method as an export recorded it: per-image keep, resolved options."""
+        return cls(geometry, cls.output_tokens(geometry, keep), **options)
+
     @property
     def output_names(self) -> tuple[str, ...]:
         return VISION_OUTPUTS
@@ -117,6 +158,12 @@ class PruningMethod(nn.Module):
     def recorded_options(self) -> dict[str, Any]:
         """Options as resolved for this export (defaults filled in), for config.json."""
         return dict(self.settings)
+
+    def variant(self) -> dict[str, Any]:
+        """The resolved options that differ from what the defaults resolve to at this keep: what tells this
+        export apart from the method's default one (in folder names and profile labels)."""
+        defaults = type(self)(self.geometry, self.keep).recorded_options()
+        return {k: v for k, v in self.recorded_options().items() if defaults.get(k) != v}
 
 
 def patch_positions(batch: int, count: int, device: torch.device) -> Tensor:

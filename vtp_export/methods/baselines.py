@@ -13,13 +13,13 @@ from torch import Tensor, nn
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import MethodOption, PruningMethod, VisionFeatures
 from vtp_export.methods.ops import gather_rows
-from vtp_export.models import Geometry
+from vtp_export.models.base import Geometry
 
 
 class FixedPositions(PruningMethod):
     """Keeps a constant, ascending set of patch positions."""
 
-    uses_attention = False
+    requires = frozenset()
 
     def __init__(self, geometry: Geometry, keep: int, **options: Any) -> None:
         super().__init__(geometry, keep, **options)

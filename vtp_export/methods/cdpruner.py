@@ -28,7 +28,7 @@ from vtp_export.errors import UsageError
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import PruningMethod, VisionFeatures
 from vtp_export.methods.ops import for_scoring, gather_rows, sorted_ascending
-from vtp_export.models import Geometry
+from vtp_export.models.base import Geometry, Signal
 
 # Relative gain below which the kernel counts as exhausted: 30x the worst-case float32 error of the
 # Cholesky gains after 576 steps (576 x 2**-24 = 3.4e-5 of the diagonal). tests/methods/test_stability.py
@@ -45,9 +45,8 @@ class CDPruner(PruningMethod):
     name = "cdpruner"
     summary = "conditional DPP (similarity x question relevance), greedy MAP, raster order"
     reference = "Theia-4869/CDPruner@9541616 llava/model/llava_arch.py::encode_images"
-    uses_attention = False
+    requires = frozenset({Signal.CLIP_TEXT})
     projects_all_tokens = True
-    text_conditioned = True
 
     @classmethod
     def output_tokens(cls, geometry: Geometry, keep: int | None) -> int:
@@ -70,8 +69,9 @@ class CDPruner(PruningMethod):
         steps = torch.arange(self.keep, device=kernel.device)
         positions = torch.arange(self.geometry.num_patches, device=kernel.device)
         rows = torch.zeros_like(kernel[:, :self.keep])  # (B, keep, N); shaped from a tensor: batch may be dynamic
-        # The official di2s, diag(L): masked sum, exact, where torch.diagonal exports to shape-valued EyeLike.
-        gains = (kernel * torch.eye(self.geometry.num_patches, device=kernel.device)).sum(dim=-1)
+        # The official di2s, diag(L) = rel_i^2 S_ii, from the factors: torch.diagonal exports to a shape-valued
+        # EyeLike, and a masked sum with torch.eye to a uint16 Equal that TensorRT's parser warns about.
+        gains = relevance.square() * normalised.square().sum(dim=-1)
         floor = gains.amax(dim=-1, keepdim=True) * EXHAUSTED_GAIN
         free = torch.ones_like(gains)  # 1 where a token is not picked yet
         picks = []

@@ -19,7 +19,7 @@ class DivPrune(PruningMethod):
     summary = "greedy max-min diversity (1 - cosine) over projected tokens, raster order"
     reference = "vbdi/divprune@799e2d9 DivPrune()"
     projects_all_tokens = True
-    uses_attention = False
+    requires = frozenset()
 
     def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
         projected = for_scoring(projector(features.patches))

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import PruningMethod, VisionFeatures
+from vtp_export.models.base import Signal
 from vtp_export.methods.ops import gather_rows, sorted_ascending, top_indices
 
 
@@ -16,6 +17,7 @@ class FasterVLM(PruningMethod):
     name = "fastervlm"
     summary = "top-k patches by CLS attention of the feature layer, kept in raster order, no merging"
     reference = "Theia-4869/FasterVLM@f5d5f12"
+    requires = frozenset({Signal.CLS_ATTENTION})
 
     def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
         kept = sorted_ascending(top_indices(features.patch_attention(), self.keep))

@@ -27,7 +27,7 @@ from vtp_export.graph_io import NO_SOURCE
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import MethodOption, PruningMethod, VisionFeatures
 from vtp_export.methods.ops import exclusive_cumsum, for_scoring, gather_rows, smallest_indices, top_indices
-from vtp_export.models import Geometry
+from vtp_export.models.base import Geometry, Signal
 
 ALPHA = 0.09
 ATTENTION_SCALE = 1e3
@@ -61,6 +61,7 @@ class HoloV(PruningMethod):
     name = "holov"
     summary = "per-crop budget from attention + similarity-variance crop scores (reference or paper variant)"
     reference = "obananas/HoloV@1d2e65e llava/model/utils.py::HoloV"
+    requires = frozenset({Signal.PATCH_SCORES})
     projects_all_tokens = True
     options = (
         MethodOption("variant", str, "reference", "reference: as the official code; paper: eq. 1-5 of the paper",

@@ -5,7 +5,7 @@ from torch import Tensor, nn
 from vtp_export.errors import UsageError
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import PruningMethod, VisionFeatures, patch_positions
-from vtp_export.models import Geometry
+from vtp_export.models.base import Geometry
 
 
 @METHODS.register("none")
@@ -14,14 +14,14 @@ class NoPruning(PruningMethod):
     summary = "baseline: all N patch tokens (LLaVA's own image features)"
     reference = "huggingface/transformers LlavaModel.get_image_features"
     projects_all_tokens = True
-    uses_attention = False
+    requires = frozenset()
 
     @classmethod
     def output_tokens(cls, geometry: Geometry, keep: int | None) -> int:
-        n = geometry.num_patches
-        if keep not in (None, n):
-            raise UsageError(f"method none keeps all {n} tokens: drop --keep or pass --keep {n}")
-        return n
+        if keep not in (None, geometry.tokens_per_image):
+            raise UsageError(f"method none keeps all {geometry.tokens_per_image} tokens: drop --keep or pass "
+                             f"--keep {geometry.tokens_per_image}")
+        return geometry.num_patches
 
     def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
         patches = features.patches

@@ -20,7 +20,7 @@ from vtp_export.graph_io import NO_SOURCE
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import PruningMethod, VisionFeatures
 from vtp_export.methods.ops import gather_rows, sorted_ascending, top_indices
-from vtp_export.models import Geometry
+from vtp_export.models.base import Geometry, Signal
 
 NEIGHBOURS = 32
 
@@ -42,8 +42,7 @@ def pruned_positions(kept: Tensor, num_patches: int) -> Tensor:
 class PruneMerge(PruningMethod):
     """Shared by both variants: `kept_positions` chooses the kept list, the rest is the official merge."""
 
-    uses_attention = False
-    uses_next_layer = True
+    requires = frozenset({Signal.NEXT_LAYER})
     minimum_keep = 2
 
     @classmethod

@@ -22,7 +22,7 @@ from vtp_export.graph_io import NUM_VALID, NO_SOURCE, VISION_OUTPUTS
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import MethodOption, PruningMethod, VisionFeatures
 from vtp_export.methods.ops import for_scoring, gather_rows, smallest_indices, top_indices
-from vtp_export.models import Geometry
+from vtp_export.models.base import Geometry, Signal
 
 COUNTS = ("fixed", "iqr")
 
@@ -51,8 +51,7 @@ class Trim(PruningMethod):
     name = "trim"
     summary = "patches by CLIP text-image similarity (sign flipped as released) + 1 mean of the rest"
     reference = "FreedomIntelligence/TRIM@f5a232d clip_encoder.py::token_reduction"
-    uses_attention = False
-    text_conditioned = True
+    requires = frozenset({Signal.CLIP_TEXT})
     options = (MethodOption(
         "count", str, "fixed", "fixed: keep-1 patches + the mean token; iqr: the official adaptive count "
         "(IQR outliers), at most keep-1 patches, valid slots in num_valid", choices=COUNTS,

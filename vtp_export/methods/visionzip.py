@@ -13,7 +13,7 @@ from vtp_export.errors import UsageError
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import MethodOption, PruningMethod, VisionFeatures
 from vtp_export.methods.ops import complement_ascending, gather_rows, sorted_ascending, top_indices
-from vtp_export.models import Geometry
+from vtp_export.models.base import Geometry
 
 
 def default_contextual(keep: int) -> int:

@@ -23,7 +23,7 @@ from vtp_export.errors import UsageError
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import MethodOption, PruningMethod, VisionFeatures
 from vtp_export.methods.ops import gather_rows, sorted_ascending, top_indices
-from vtp_export.models import Geometry
+from vtp_export.models.base import Geometry, Signal
 
 DROP_PER_ROUND = 8
 
@@ -46,6 +46,7 @@ class VisPruner(PruningMethod):
     name = "vispruner"
     summary = "important tokens by CLS attention + diverse tokens by iterative bipartite de-duplication"
     reference = "Theia-4869/VisPruner@aefa01a llava/model/llava_arch.py::encode_images"
+    requires = frozenset({Signal.CLS_ATTENTION})
     options = (MethodOption("important_ratio", float, 0.5, "share of keep chosen by attention (T_imp = int(keep*r))"),)
     exact_selection = False
 

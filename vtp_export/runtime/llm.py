@@ -1,107 +1,89 @@
-"""The LLM side: LLaVA's language model from the checkpoint (or seeded random weights), generating from
-inputs_embeds with a KV cache, greedy or sampled, streaming tokens as they come."""
+"""What the runtime asks of an LLM backend (transformers, llama.cpp): a prompt as ordered segments of text
+tokens and image embeddings, each at its position ids, decoded greedily or by sampling with a KV cache.
+Torch-free: the device path (vision engine + llama.cpp) runs without PyTorch."""
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-import torch
-from torch import nn
-from transformers import DynamicCache, LlamaConfig, LlamaModel, LlavaConfig, LlavaForConditionalGeneration
+import numpy as np
 
 from vtp_export.errors import PipelineError
 
-OnToken = Callable[[int, int], None]  # (batch item, token id), called as each token is generated
+OnToken = Callable[[int, int], None]  # (request index, token id), called as each token is generated
+LLM_BACKENDS = ("transformers", "llama.cpp")
+
+
+@dataclass
+class Segment:
+    """One piece of a prompt, in order: text tokens or image embeddings, with their position ids."""
+
+    positions: np.ndarray  # (T,) int64; (3, T) for M-RoPE models
+    token_ids: np.ndarray | None = None  # (T,) int64 text tokens, or
+    embeds: np.ndarray | None = None  # (T, D) float32 image embeddings
+
+    def __len__(self) -> int:
+        return self.positions.shape[-1]
 
 
 @dataclass
 class Generated:
-    token_ids: list[list[int]]  # per batch item, the new tokens (EOS included where it stopped)
-    prompt_tokens: int  # sequence length of the prefill, padding included
+    token_ids: list[list[int]]  # per request, the new tokens (EOS included where it stopped)
+    prompt_tokens: list[int]  # per request, the prompt's length in tokens
     time_to_first_token_s: float
-    decode_tokens_per_s: float | None  # per sequence, after the first token; None for one-token answers
+    decode_tokens_per_s: float | None  # per request, after the first token; None for one-token answers
 
 
-class LanguageModel:
-    """LLaVA's decoder and LM head. Everything it computes is in `dtype` on `device`."""
+class LanguageModelBackend(Protocol):
+    name: str
+    source: str  # where the weights came from
+    context_length: int
+    hidden_size: int
+    vocab_size: int
+    num_layers: int
+    eos_token_id: int | None
+    image_token_id: int
 
-    def __init__(self, decoder: LlamaModel, head: nn.Linear, config: LlamaConfig, source: str) -> None:
-        self.decoder, self.head, self.config, self.source = decoder.eval(), head.eval(), config, source
+    def tokenize(self, text: str) -> list[int]:
+        """The whole prompt to ids, the image placeholder as its special id, BOS as the model adds it."""
 
-    @classmethod
-    def from_checkpoint(cls, folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "LanguageModel":
-        try:
-            llava = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype)
-        except Exception as error:  # transformers raises many types for missing or corrupt checkpoints
-            raise PipelineError(f"cannot load the LLM of {folder}: {str(error).splitlines()[0][:200]}") from None
-        decoder, head = llava.model.language_model, llava.lm_head
-        del llava.model.vision_tower, llava.model.multi_modal_projector  # the vision graph replaces them
-        return cls(decoder.to(device), head.to(device), llava.config.text_config, str(folder))
+    def decode(self, ids: list[int]) -> str: ...
 
-    @classmethod
-    def random(cls, config: LlavaConfig, seed: int, device: str = "cpu") -> "LanguageModel":
-        torch.manual_seed(seed)
-        text = config.text_config
-        decoder = LlamaModel(text)
-        head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
-        return cls(decoder.to(device), head.to(device), text, f"random(seed={seed})")
+    def generate(self, requests: list[list[Segment]], max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
+                 on_token: OnToken | None = None) -> Generated: ...
 
-    @property
-    def device(self) -> torch.device:
-        return self.head.weight.device
+    def close(self) -> None: ...
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.head.weight.dtype
 
-    @property
-    def context_length(self) -> int:
-        return self.config.max_position_embeddings
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.decoder.embed_tokens(ids.to(self.device))
 
-    @torch.no_grad()
-    def generate(self, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                 max_new_tokens: int, eos_token_id: int | None, temperature: float = 0.0, seed: int = 0,
-                 on_token: OnToken | None = None) -> Generated:
-        """Prefill (B, T, D) embeds, then decode one token at a time from the KV cache."""
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        cache = DynamicCache(config=self.config)
-        batch = embeds.shape[0]
-        mask, positions = attention_mask.to(self.device), position_ids.to(self.device)
-        finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
-        tokens: list[list[int]] = [[] for _ in range(batch)]
-        start = time.perf_counter()
-        hidden = self.decoder(inputs_embeds=embeds.to(self.device, self.dtype), attention_mask=mask,
-                              position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state
-        first_token_s = decode_start = None
-        for step in range(max_new_tokens):
-            logits = self.head(hidden[:, -1]).float()
-            if temperature > 0:
-                chosen = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)[:, 0]
-            else:
-                chosen = logits.argmax(dim=-1)
-            if eos_token_id is not None:
-                chosen = torch.where(finished, torch.full_like(chosen, eos_token_id), chosen)
-            for b in range(batch):
-                if not finished[b]:
-                    tokens[b].append(int(chosen[b]))
-                    if on_token is not None:
-                        on_token(b, int(chosen[b]))
-            if step == 0:
-                first_token_s = time.perf_counter() - start
-                decode_start = time.perf_counter()
-            if eos_token_id is not None:
-                finished |= chosen == eos_token_id
-            if bool(finished.all()) or step == max_new_tokens - 1:
-                break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            positions = positions[:, -1:] + 1
-            hidden = self.decoder(inputs_embeds=self.embed(chosen[:, None]).to(self.dtype), attention_mask=mask,
-                                  position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state
-        decoded = max(len(t) for t in tokens) - 1
-        elapsed = time.perf_counter() - decode_start
-        return Generated(tokens, embeds.shape[1], first_token_s,
-                         decoded / elapsed if decoded > 0 and elapsed > 0 else None)
+def decoder_parameters(text_config, layers: int | None = None) -> int:
+    """Parameters of a LLaMA-style decoder + LM head: embeddings, attention, gated MLP, norms."""
+    width, vocab = text_config.hidden_size, text_config.vocab_size
+    heads = text_config.num_attention_heads
+    kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
+    head_dim = getattr(text_config, "head_dim", None) or width // heads
+    attention = width * head_dim * (2 * heads + 2 * kv_heads)
+    mlp = 3 * width * text_config.intermediate_size
+    per_layer = attention + mlp + 2 * width
+    tied = getattr(text_config, "tie_word_embeddings", False)
+    return vocab * width * (1 if tied else 2) + (layers or text_config.num_hidden_layers) * per_layer + width
+
+
+def check_fits_memory(text_config, bytes_per_parameter: int, layers: int | None, what: str, way_out: str) -> None:
+    """PipelineError, before anything is allocated, where the LLM's weights alone exceed the available memory."""
+    needed = decoder_parameters(text_config, layers) * bytes_per_parameter
+    available = available_memory_bytes()
+    if available is not None and needed > 0.9 * available:
+        raise PipelineError(f"{what} needs about {needed / 2**30:.1f} GiB for its weights, this machine has "
+                            f"{available / 2**30:.1f} GiB available: {way_out}")

@@ -1,35 +1,32 @@
 """Pipeline: an export folder's vision graph stitched to the LLM, answering questions about images.
 
     from vtp_export.runtime import Pipeline
-    pipe = Pipeline.from_dir("exports/llava15-holov-k64-orin")          # LLM: the checkpoint it was exported from
-    answer = pipe.answer("What is in the picture?", ["photo.jpg"], on_text=lambda b, piece: print(piece, end=""))
+    with Pipeline.from_dir("exports/llava15-holov-k64-orin") as pipe:  # LLM: the checkpoint it was exported from
+        answer = pipe.answer("What is in the picture?", ["photo.jpg"], on_text=lambda b, piece: print(piece, end=""))
 
-Every failure a caller can cause is a PipelineError (one line; the host process is never exited).
+Every failure a caller can cause is a PipelineError (one line; the host process is never exited). With the
+onnxruntime or TensorRT vision backend and the llama.cpp LLM backend nothing here imports PyTorch.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from transformers import LlavaConfig
 
-from vtp_export.checkpoint import read_llava_config
 from vtp_export.errors import PipelineError, VtpError
 from vtp_export.graph_io import IMAGE_EMBEDS, INPUT_IDS, NUM_VALID, PIXEL_VALUES, TEXT_EMBEDS, TOKEN_INDEX
 from vtp_export.models import MODELS
-from vtp_export.output_folder import read_export
-from vtp_export.runtime.backends import open_backend, recorded_folder
-from vtp_export.runtime.images import ImageInput, pixel_values
-from vtp_export.runtime.llm import LanguageModel
-from vtp_export.runtime.tokenizer import (
-    IMAGE_TOKEN, clip_input_ids, load_tokenizer, stand_in_clip_tokenizer, stand_in_llava_tokenizer,
-)
+from vtp_export.records import ExportRecord, read_export
+from vtp_export.runtime.backends import VisionBackend, open_backend
+from vtp_export.runtime.images import ImageInput, load_image
+from vtp_export.runtime.llm import LLM_BACKENDS, LanguageModelBackend, Segment
+from vtp_export.runtime.tokenizer import clip_input_ids, load_tokenizer, stand_in_clip_tokenizer
+from vtp_export.weights import WeightsFolder
 
-PROMPT_TEMPLATE = "USER: {content} ASSISTANT:"  # LLaVA-1.5's conversation template (llava-hf)
 # sequential: positions 0..T-1 over the pruned sequence (what LLaVA does); original: image tokens keep the
-# position of their source patch and the text after the image continues as if all N patches were there
+# position of their source patch and the text after the image continues as if all its tokens were there
 # (FastV / TensorRT Edge-LLM style).
 POSITION_POLICIES = ("sequential", "original")
 
@@ -45,59 +42,58 @@ class Answer:
     time_to_first_token_s: float
     decode_tokens_per_s: float | None
     backend: str
+    llm_backend: str
     position_ids: str
 
 
-@dataclass
-class Sequence:
-    embeds: torch.Tensor  # (T, D)
-    positions: torch.Tensor  # (T,)
-    image_tokens: list[int]
-
-
 class Pipeline:
-    def __init__(self, folder: Path, record: dict, backend, llm: LanguageModel, tokenizer, clip_tokenizer,
-                 position_ids: str) -> None:
+    def __init__(self, folder: Path, record: ExportRecord, backend: VisionBackend, llm: LanguageModelBackend,
+                 clip_tokenizer, position_ids: str) -> None:
         self.folder, self.record, self.backend, self.llm = folder, record, backend, llm
-        self.tokenizer, self.clip_tokenizer, self.position_ids = tokenizer, clip_tokenizer, position_ids
-        self.geometry = record["model"]["geometry"]
-        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.model = MODELS.get(record.model.name)
+        self.geometry = record.model.geometry
+        self.clip_tokenizer, self.position_ids = clip_tokenizer, position_ids
 
     @classmethod
-    def from_dir(cls, folder: str | Path, llm: str | Path | LanguageModel | None = None, backend: str | None = None,
-                 position_ids: str = "sequential", device: str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> "Pipeline":
-        """llm: None for the checkpoint the export came from (seeded random weights for random exports), a
-        HF LLaVA folder, or a LanguageModel. backend: None (a matching TensorRT engine, else onnxruntime),
-        "onnxruntime", "tensorrt" or "torch"."""
+    def from_dir(cls, folder: str | Path, llm: str | Path | LanguageModelBackend | None = None,
+                 backend: str | None = None, llm_backend: str = "transformers", position_ids: str = "sequential",
+                 llm_layers: int | None = None, device: str = "cpu", dtype: str = "float32") -> "Pipeline":
+        """llm: None for the checkpoint the export came from (seeded random weights for random exports, cut
+        to llm_layers where given), a HF checkpoint folder (transformers) or GGUF file (llama.cpp), or a
+        backend object. backend: None (a matching TensorRT engine, else onnxruntime), "onnxruntime",
+        "tensorrt" or "torch". llm_backend: "transformers" or "llama.cpp" (a GGUF from `vtp-export llm`)."""
         folder = Path(folder)
         if position_ids not in POSITION_POLICIES:
             raise PipelineError(f"position_ids={position_ids!r} is not one of {', '.join(POSITION_POLICIES)}")
+        if llm_backend not in LLM_BACKENDS:
+            raise PipelineError(f"llm_backend={llm_backend!r} is not one of {', '.join(LLM_BACKENDS)}")
+        if llm_layers is not None and llm_layers < 1:
+            raise PipelineError(f"llm_layers={llm_layers} must be at least 1")
         try:
             record = read_export(folder)
-            config = llava_config_of(record)
         except VtpError as error:
             raise PipelineError(str(error)) from None
-        model = record["model"]
-        weights = None if model["random_weights"] else Path(model["weights"])
-        if record["method"]["text_conditioned"] and "text" not in record["graphs"]:
-            raise PipelineError(f"{folder}: {record['method']['name']} is text-conditioned but the export has no "
-                                "text graph")
-        vision = open_backend(folder, record, backend)
-        if isinstance(llm, LanguageModel):
-            language_model = llm
-        elif llm is not None or weights is not None:
-            language_model = LanguageModel.from_checkpoint(Path(llm or weights), device, dtype)
-        else:
-            language_model = LanguageModel.random(config, model["seed"], device)
-        llm_folder = None if language_model.source.startswith("random(") else Path(language_model.source)
-        text = config.text_config
-        tokenizer = load_tokenizer(llm_folder, lambda: stand_in_llava_tokenizer(text.vocab_size, config.image_token_id))
+        if record.method.text_conditioned and "text" not in record.graphs:
+            raise PipelineError(f"{folder}: {record.method.name} is text-conditioned but the export has no text graph")
+        language_model = llm if not isinstance(llm, (str, Path, type(None))) else \
+            open_language_model(folder, record, llm, llm_backend, llm_layers, device, dtype)
         clip_tokenizer = None
-        if record["method"]["text_conditioned"]:
-            clip_folder = recorded_folder(model["text_weights"])
-            clip_tokenizer = load_tokenizer(clip_folder, lambda: stand_in_clip_tokenizer(model["text_vocab_size"]))
-        return cls(folder, record, vision, language_model, tokenizer, clip_tokenizer, position_ids)
+        if record.method.text_conditioned:
+            text_weights = record.model.text_weights
+            clip_tokenizer = load_tokenizer(text_weights.path if isinstance(text_weights, WeightsFolder) else None,
+                                            lambda: stand_in_clip_tokenizer(record.model.text_vocab_size))
+        vision = open_backend(folder, record, backend)
+        return cls(folder, record, vision, language_model, clip_tokenizer, position_ids)
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.backend.close()
+        self.llm.close()
 
     def answer(self, prompt: str, images: list[ImageInput], max_new_tokens: int = 64, temperature: float = 0.0,
                seed: int = 0, on_text: OnText | None = None) -> Answer:
@@ -105,57 +101,65 @@ class Pipeline:
 
     def answer_batch(self, requests: list[tuple[str, list[ImageInput]]], max_new_tokens: int = 64,
                      temperature: float = 0.0, seed: int = 0, on_text: OnText | None = None) -> list[Answer]:
-        """Several prompts, each with its images (one per `<image>` in the prompt; prepended if it has none)."""
+        """Several prompts, each with its images (one per image placeholder in the prompt; prepended if it has
+        none)."""
+        if not requests:
+            raise PipelineError("answer_batch needs at least one (prompt, images) request")
         if max_new_tokens < 1:
             raise PipelineError(f"max_new_tokens={max_new_tokens} must be at least 1")
-        if temperature < 0:
-            raise PipelineError(f"temperature={temperature} must not be negative")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise PipelineError(f"temperature={temperature} must be a finite number >= 0 (0: greedy)")
+        placeholder = self.model.image_token
         contents = [self.content(prompt, images) for prompt, images in requests]
-        questions = [prompt.replace(IMAGE_TOKEN, "").strip() for prompt, _ in requests]
+        questions = [prompt.replace(placeholder, "").strip() for prompt, _ in requests]
         flat = [image for _, images in requests for image in images]
         owners = [i for i, (_, images) in enumerate(requests) for _ in images]
         vision = self.encode_images(flat, [questions[i] for i in owners])
-        sequences, start = [], 0
+        prompts, counts, start = [], [], 0
         for content, (_, images) in zip(contents, requests):
-            sequences.append(self.sequence(content, vision, range(start, start + len(images))))
+            segments = self.segments(content, vision, range(start, start + len(images)))
+            prompts.append(segments)
+            counts.append([len(s) for s in segments if s.embeds is not None])
             start += len(images)
-        longest = max(len(s.embeds) for s in sequences)
+        longest = max(sum(len(s) for s in segments) for segments in prompts)
         if longest + max_new_tokens > self.llm.context_length:
             raise PipelineError(f"prompt of {longest} tokens (images included) + {max_new_tokens} new tokens exceeds "
                                 f"the LLM's context of {self.llm.context_length}")
-        embeds, mask, positions = left_padded(sequences)
         streamed: dict[int, list[int]] = {}
         shown: dict[int, str] = {}
 
         def on_token(b: int, token: int) -> None:
             streamed.setdefault(b, []).append(token)
-            text = self.tokenizer.decode(streamed[b], skip_special_tokens=True)
+            text = self.llm.decode(streamed[b])
             if on_text is not None and len(text) > len(shown.get(b, "")) and not text.endswith("\ufffd"):
                 on_text(b, text[len(shown.get(b, "")):])
                 shown[b] = text
 
-        generated = self.llm.generate(embeds, mask, positions, max_new_tokens, self.tokenizer.eos_token_id,
-                                      temperature, seed, on_token)
-        return [Answer(self.tokenizer.decode(ids, skip_special_tokens=True), ids, generated.prompt_tokens,
-                       s.image_tokens, generated.time_to_first_token_s, generated.decode_tokens_per_s,
-                       self.backend.name, self.position_ids)
-                for ids, s in zip(generated.token_ids, sequences)]
+        generated = self.llm.generate(prompts, max_new_tokens, temperature, seed, on_token)
+        return [Answer(self.llm.decode(ids), ids, prompt_tokens, image_tokens, generated.time_to_first_token_s,
+                       generated.decode_tokens_per_s, self.backend.name, self.llm.name, self.position_ids)
+                for ids, prompt_tokens, image_tokens in zip(generated.token_ids, generated.prompt_tokens, counts)]
 
     def content(self, prompt: str, images: list[ImageInput]) -> str:
-        placeholders = prompt.count(IMAGE_TOKEN)
+        placeholder = self.model.image_token
+        placeholders = prompt.count(placeholder)
         if placeholders == 0:
-            return IMAGE_TOKEN * len(images) + "\n" + prompt if images else prompt
+            return placeholder * len(images) + "\n" + prompt if images else prompt
         if placeholders != len(images):
-            raise PipelineError(f"the prompt has {placeholders} {IMAGE_TOKEN} placeholders for {len(images)} images")
+            raise PipelineError(f"the prompt has {placeholders} {placeholder} placeholder{'s' * (placeholders != 1)} "
+                                f"for {len(images)} image{'s' * (len(images) != 1)}")
         return prompt
+
+    def preprocess(self, images: list[ImageInput]) -> np.ndarray:
+        """Pixel values of each image as the vision graph takes them, with the HF processor's code."""
+        return self.model.preprocess([load_image(image) for image in images], self.geometry)
 
     def encode_images(self, images: list[ImageInput], questions: list[str]) -> dict[str, np.ndarray]:
         """Run the vision graph over all images in chunks of its batch size; outputs stacked per image."""
         if not images:
             return {}
-        pixels = pixel_values(images, self.geometry["image_size"])
-        graph_batch = self.record["graphs"]["vision"]["inputs"][0]["shape"][0]
-        chunk = graph_batch if isinstance(graph_batch, int) else len(images)
+        pixels = self.preprocess(images)
+        chunk = self.record.graphs["vision"].batch or len(images)
         text_embeds = self.text_embeds(questions) if self.clip_tokenizer is not None else None
         outputs: dict[str, list[np.ndarray]] = {}
         for start in range(0, len(images), chunk):
@@ -170,65 +174,67 @@ class Pipeline:
         return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
     def text_embeds(self, questions: list[str]) -> np.ndarray:
-        graph = self.record["graphs"]["text"]
-        ids = clip_input_ids(self.clip_tokenizer, questions, graph["inputs"][0]["shape"][1])
-        batch = graph["inputs"][0]["shape"][0]
-        if not isinstance(batch, int):
+        graph = self.record.graphs["text"]
+        ids = clip_input_ids(self.clip_tokenizer, questions, graph.inputs[0].shape[1])
+        if graph.batch is None:
             return self.backend.run("text", {INPUT_IDS: ids})[TEXT_EMBEDS]
-        rows = [self.backend.run("text", {INPUT_IDS: np.repeat(ids[i:i + 1], batch, axis=0)})[TEXT_EMBEDS][:1]
+        rows = [self.backend.run("text", {INPUT_IDS: np.repeat(ids[i:i + 1], graph.batch, axis=0)})[TEXT_EMBEDS][:1]
                 for i in range(len(ids))]
         return np.concatenate(rows)
 
-    def sequence(self, content: str, vision: dict[str, np.ndarray], image_rows: range) -> Sequence:
-        ids = self.tokenizer(PROMPT_TEMPLATE.format(content=content), return_tensors="pt").input_ids[0]
-        slots = (ids == self.image_token_id).nonzero().flatten().tolist()
-        pieces, positions, counts = [], [], []
-        cursor, position = 0, 0
+    def segments(self, content: str, vision: dict[str, np.ndarray], image_rows: range) -> list[Segment]:
+        """The prompt as text and image segments with their position ids."""
+        ids = np.array(self.llm.tokenize(self.model.prompt(content)), dtype=np.int64)
+        slots = np.flatnonzero(ids == self.llm.image_token_id).tolist()
+        segments, cursor, position = [], 0, 0
         for slot, row in zip(slots, image_rows):
             text = ids[cursor:slot]
-            pieces.append(self.llm.embed(text))
-            positions.append(torch.arange(position, position + len(text)))
+            segments.append(Segment(np.arange(position, position + len(text)), token_ids=text))
             position += len(text)
             valid = int(vision[NUM_VALID][row]) if NUM_VALID in vision else vision[IMAGE_EMBEDS].shape[1]
-            image = torch.from_numpy(vision[IMAGE_EMBEDS][row, :valid]).to(self.llm.device, self.llm.dtype)
-            pieces.append(image)
-            counts.append(valid)
+            embeds = vision[IMAGE_EMBEDS][row, :valid]
             if self.position_ids == "original":
-                source = torch.from_numpy(vision[TOKEN_INDEX][row, :valid])
-                n = self.geometry["num_patches"]
-                # patches keep their raster offset; CLS and tokens without a single source sit at the end
-                offsets = torch.where(source >= 1, source - 1, torch.full_like(source, n - 1))
-                positions.append(position + offsets)
-                position += n
+                positions = position + unpruned_offsets(vision[TOKEN_INDEX][row, :valid], self.geometry)
+                position += self.geometry.tokens_per_image
             else:
-                positions.append(torch.arange(position, position + valid))
+                positions = np.arange(position, position + valid)
                 position += valid
+            segments.append(Segment(positions.astype(np.int64), embeds=embeds))
             cursor = slot + 1
         text = ids[cursor:]
-        pieces.append(self.llm.embed(text))
-        positions.append(torch.arange(position, position + len(text)))
-        return Sequence(torch.cat(pieces), torch.cat(positions), counts)
+        segments.append(Segment(np.arange(position, position + len(text)), token_ids=text))
+        return segments
 
 
+def unpruned_offsets(token_index: np.ndarray, geometry) -> np.ndarray:
+    """Where each kept token sat among the image's unpruned tokens (crop by crop, patches in raster order):
+    token_index = crop * (N + 1) + encoder position, patches at 1..N. CLS tokens and tokens without a single
+    source (-1) sit at the last unpruned position."""
+    n = geometry.num_patches
+    crop, within = np.divmod(token_index, n + 1)
+    return np.where((token_index >= 0) & (within >= 1), crop * n + within - 1, geometry.tokens_per_image - 1)
 
-def llava_config_of(record: dict) -> LlavaConfig:
-    """The LLaVA config of the checkpoint an export came from (the model's own for random weights)."""
-    model = record["model"]
-    if model["random_weights"]:
-        return MODELS.get(model["name"]).make_config()
-    return read_llava_config(Path(model["weights"]))
 
+def open_language_model(folder: Path, record: ExportRecord, llm: str | Path | None, llm_backend: str,
+                        llm_layers: int | None, device: str, dtype: str) -> LanguageModelBackend:
+    """The LLM backend: llama.cpp on a GGUF (the export's own from `vtp-export llm`, or `llm`), or transformers
+    on `llm`, the export's checkpoint, or seeded random weights for random-weight exports."""
+    model = MODELS.get(record.model.name)
+    if llm_backend == "llama.cpp":
+        from vtp_export.runtime.llama_cpp_llm import open_gguf
 
-def left_padded(sequences: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, T, D) embeds, (B, T) attention mask and (B, T) position ids, padded on the left."""
-    length = max(len(s.embeds) for s in sequences)
-    width = sequences[0].embeds.shape[1]
-    embeds = torch.zeros(len(sequences), length, width, dtype=sequences[0].embeds.dtype,
-                         device=sequences[0].embeds.device)
-    mask = torch.zeros(len(sequences), length, dtype=torch.long)
-    positions = torch.zeros(len(sequences), length, dtype=torch.long)
-    for b, s in enumerate(sequences):
-        embeds[b, length - len(s.embeds):] = s.embeds
-        mask[b, length - len(s.embeds):] = 1
-        positions[b, length - len(s.embeds):] = s.positions
-    return embeds, mask, positions
+        return open_gguf(folder, record, llm)
+    try:
+        from vtp_export.runtime.transformers_llm import TransformersLanguageModel
+    except ImportError:
+        raise PipelineError("the transformers LLM backend needs PyTorch; on a device without it use "
+                            "llm_backend='llama.cpp' (--llm-backend llama.cpp)") from None
+    weights = record.model.weights
+    if llm is not None or isinstance(weights, WeightsFolder):
+        if llm_layers is not None:
+            raise PipelineError("--llm-layers cuts a random LLM; this export's LLM comes from a checkpoint")
+        return TransformersLanguageModel.from_checkpoint(model, Path(llm or weights.path), record.model.geometry,
+                                                         device, dtype)
+    from vtp_export.weights import read_model_config
+
+    return TransformersLanguageModel.random(model, read_model_config(model, weights), weights.seed, llm_layers, device)

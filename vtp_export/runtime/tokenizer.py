@@ -9,7 +9,6 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 from vtp_export.errors import PipelineError
 
-IMAGE_TOKEN = "<image>"
 LLAMA_SPECIALS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2 as in LLaMA's tokenizer
 CLIP_BOS, CLIP_EOS = "<|startoftext|>", "<|endoftext|>"  # the last two ids of CLIP's vocabulary
 
@@ -33,8 +32,9 @@ def byte_level(vocab_size: int, specials: dict[int, str], template: str) -> Toke
     return tokenizer
 
 
-def stand_in_llava_tokenizer(vocab_size: int, image_token_id: int) -> PreTrainedTokenizerFast:
-    specials = dict(enumerate(LLAMA_SPECIALS)) | {image_token_id: IMAGE_TOKEN}
+def stand_in_llama_tokenizer(vocab_size: int, extra_specials: dict[int, str]) -> PreTrainedTokenizerFast:
+    """LLaMA's special ids (<unk>, <s>, </s> = 0, 1, 2) plus the model's own (the image placeholder)."""
+    specials = dict(enumerate(LLAMA_SPECIALS)) | extra_specials
     return PreTrainedTokenizerFast(tokenizer_object=byte_level(vocab_size, specials, "<s> $A"),
                                    bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 

@@ -1,24 +1,31 @@
-"""The exported vision graph: CLIP tower up to LLaVA's feature layer, a pruning method, the projector.
+"""The CLIP tower as the vision graph needs it: LLaVA's feature layer with the signals methods score by, the
+next layer's scores (PruMerge), CLIP's joint space and text tower (text-conditioned methods).
 
-Layers before the feature layer run as HF defines them (fused SDPA attention). The feature layer is
-re-stated here so that the one attention row the methods need, the CLS query against all keys, is
-computed from the same q/k projections in float32 without materialising any full attention map.
-Layers after the feature layer are not part of the graph, except the next layer's q/k projections for
-methods that score by them (PruMerge).
+The feature layer is re-stated so that the one attention row the methods need, the CLS query against all
+keys, is computed from the same q/k projections in float32 without materialising any full attention map;
+layers before it run as HF defines them (fused SDPA attention), layers after it are not in the graph
+except the next layer's q/k projections where a method scores by them.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+from transformers import CLIPConfig, CLIPTextModelWithProjection
 
 from vtp_export.errors import ExportError
-from vtp_export.graph_io import TEXT_CONDITIONED_VISION_INPUTS, VISION_INPUTS
 from vtp_export.methods.base import PruningMethod, VisionFeatures
-from vtp_export.models import ClipText, VisionStack
+from vtp_export.models.base import Signal, VisionStack
+from vtp_export.models.clip import ClipText
+from vtp_export.weights import WeightsSource
 
 
-def run_feature_layer(layer: CLIPEncoderLayer, x: Tensor, with_attention: bool) -> VisionFeatures:
+def build_clip_text(clip: CLIPConfig, source: WeightsSource) -> ClipText:
+    text = CLIPTextModelWithProjection(clip.text_config).float().eval()
+    projection = nn.Linear(clip.vision_config.hidden_size, clip.projection_dim, bias=False).float().eval()
+    return ClipText(clip, text, projection, source)
+
+
+def run_feature_layer(layer: nn.Module, x: Tensor, with_attention: bool) -> VisionFeatures:
     attention = layer.self_attn
     batch, length, width = x.shape
     heads, head_dim = attention.num_heads, attention.head_dim
@@ -29,12 +36,12 @@ def run_feature_layer(layer: CLIPEncoderLayer, x: Tensor, with_attention: bool) 
     x = x + attention.out_proj(mixed.transpose(1, 2).reshape(batch, length, width))
     x = x + layer.mlp(layer.layer_norm2(x))
     if not with_attention:
-        return VisionFeatures(hidden=x, cls_attention=None, keys=None)
+        return VisionFeatures(hidden=x)
     cls_logits = (q[:, :, :1].float() @ k.float().transpose(-1, -2)) * attention.scale
     return VisionFeatures(hidden=x, cls_attention=torch.softmax(cls_logits, dim=-1).squeeze(2), keys=k)
 
 
-def full_width_cls_attention(layer: CLIPEncoderLayer, hidden: Tensor) -> tuple[Tensor, Tensor]:
+def full_width_cls_attention(layer: nn.Module, hidden: Tensor) -> tuple[Tensor, Tensor]:
     """The CLS row of `layer`'s q/k taken as one head of the full width: ((B, 1+N) float32, keys (B, 1+N, C))."""
     h = layer.layer_norm1(hidden)
     q_cls = layer.self_attn.q_proj(h[:, :1]).float()
@@ -43,49 +50,47 @@ def full_width_cls_attention(layer: CLIPEncoderLayer, hidden: Tensor) -> tuple[T
     return torch.softmax(logits, dim=-1).squeeze(1), keys
 
 
-class PrunedVisionEncoder(nn.Module):
-    """pixel_values (B, 3, H, W) -> image_embeds (B, K, D_llm), token_index (B, K)."""
+class ClipFeatures(nn.Module):
+    """pixel_values (B', 3, S, S) [, text_embeds (B', P)] -> VisionFeatures of the feature layer, with only
+    the signals `method` requires."""
 
     def __init__(self, stack: VisionStack, method: PruningMethod) -> None:
         super().__init__()
-        tower = stack.tower
-        feature_layer = stack.geometry.feature_layer
+        tower, layer = stack.tower, stack.geometry.feature_layer
         self.embeddings = tower.embeddings
         self.pre_layrnorm = tower.pre_layrnorm
-        self.layers = nn.ModuleList(tower.encoder.layers[:feature_layer])
-        self.feature_layer = tower.encoder.layers[feature_layer]
-        self.projector = stack.projector
-        self.method = method
-        if method.uses_next_layer:
-            if feature_layer + 1 >= len(tower.encoder.layers):
+        self.layers = nn.ModuleList(tower.encoder.layers[:layer])
+        self.feature_layer = tower.encoder.layers[layer]
+        self.with_attention = bool(method.requires & {Signal.CLS_ATTENTION, Signal.KEYS, Signal.PATCH_SCORES})
+        if Signal.NEXT_LAYER in method.requires:
+            if layer + 1 >= len(tower.encoder.layers):
                 raise ExportError(f"method {method.name} scores with the layer after the feature layer; "
                                   "this checkpoint's feature layer is its last")
-            self.next_layer = tower.encoder.layers[feature_layer + 1]
-        if method.text_conditioned:
+            self.next_layer = tower.encoder.layers[layer + 1]
+        if Signal.CLIP_TEXT in method.requires:
             if stack.clip is None:
                 raise ExportError(f"method {method.name} is text-conditioned but no CLIP text side was loaded")
             self.post_layernorm = tower.post_layernorm
             self.visual_projection = stack.clip.visual_projection
-        self.input_names = TEXT_CONDITIONED_VISION_INPUTS if method.text_conditioned else VISION_INPUTS
-        self.eval()
 
-    def features(self, pixel_values: Tensor, text_embeds: Tensor | None = None) -> VisionFeatures:
+    def forward(self, pixel_values: Tensor, text_embeds: Tensor | None = None) -> VisionFeatures:
+        return self.method_inputs(self.tower_features(pixel_values), text_embeds)
+
+    def tower_features(self, pixel_values: Tensor) -> VisionFeatures:
+        """The tower up to and with the feature layer (and its CLS attention row where the method needs it)."""
         x = self.pre_layrnorm(self.embeddings(pixel_values))
-        for layer in self.layers:
-            x = layer(x, None)
-        return self.method_inputs(run_feature_layer(self.feature_layer, x, self.method.uses_attention), text_embeds)
+        for encoder_layer in self.layers:
+            x = encoder_layer(x, None)
+        return run_feature_layer(self.feature_layer, x, self.with_attention)
 
     def method_inputs(self, features: VisionFeatures, text_embeds: Tensor | None) -> VisionFeatures:
-        """Add what the method needs beyond the feature layer: the next layer's scores, CLIP's joint space."""
-        if self.method.uses_next_layer:
+        """What the method needs beyond the feature layer: the next layer's scores, CLIP's joint space."""
+        if hasattr(self, "next_layer"):
             features.next_cls_attention, features.next_keys = full_width_cls_attention(self.next_layer, features.hidden)
-        if self.method.text_conditioned:
+        if hasattr(self, "visual_projection"):
             features.clip_patch_embeds = self.visual_projection(self.post_layernorm(features.patches))
             features.text_embeds = text_embeds
         return features
-
-    def forward(self, pixel_values: Tensor, text_embeds: Tensor | None = None) -> tuple[Tensor, ...]:
-        return self.method(self.features(pixel_values, text_embeds), self.projector)
 
 
 class ClipTextEncoder(nn.Module):
@@ -101,7 +106,6 @@ class ClipTextEncoder(nn.Module):
         self.text_model = clip.text.text_model
         self.text_projection = clip.text.text_projection
         self.eos_token_id = clip.config.text_config.eos_token_id
-        self.eval()
 
     def forward(self, input_ids: Tensor) -> Tensor:
         hidden = self.text_model(input_ids=input_ids).last_hidden_state

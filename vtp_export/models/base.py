@@ -1,0 +1,188 @@
+"""What vtp-export needs of a vision-language architecture, declared once per model in models/<model>.py.
+
+An adapter reads and validates the checkpoint's config (-> Geometry), maps checkpoint keys of the vision
+side, builds the vision stack, provides the feature-extraction part of the graph (the tower up to its
+scoring layer and the signals it exposes to pruning methods) and the projector, and on the runtime side
+preprocesses images with the HF processor's code, writes the prompt template and builds the LLM.
+
+Importing an adapter does not import torch: the runtime with onnxruntime/TensorRT and llama.cpp runs on
+devices without PyTorch, so export-side members import it where they are called.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from vtp_export.errors import UsageError, WeightsError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
+
+    from vtp_export.methods.base import PruningMethod
+    from vtp_export.weights import WeightsSource
+
+
+class Signal(enum.Enum):
+    """What a tower can expose to pruning methods besides its patch features."""
+
+    CLS_ATTENTION = "the CLS token's attention row"
+    KEYS = "the feature layer's keys"
+    NEXT_LAYER = "the next layer's CLS attention"
+    CLIP_TEXT = "CLIP's text tower and joint embedding space"
+    PATCH_SCORES = "an attention score per token"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Static sizes of the exported vision graph, all derived from the checkpoint's config and the export's
+    model options (LLaVA-NeXT's tile grid, Qwen2.5-VL's image size)."""
+
+    image_height: int  # pixels of one crop as the tower takes it
+    image_width: int
+    grid_rows: int  # tokens of one crop that methods see: grid_rows x grid_cols, raster order
+    grid_cols: int
+    cls_token: bool  # the tower's sequence starts with a CLS token (position 0 of token_index)
+    vision_width: int  # width of the features methods see before the projector
+    num_heads: int
+    head_dim: int
+    llm_width: int
+    feature_layer: int  # encoder layer whose output feeds the projector
+    crops: int = 1  # crops per image through the tower: LLaVA-NeXT's base image + R x C tiles
+    tile_rows: int = 0
+    tile_cols: int = 0
+
+    @property
+    def num_patches(self) -> int:
+        """N, the patch tokens of one crop."""
+        return self.grid_rows * self.grid_cols
+
+    @property
+    def sequence_length(self) -> int:
+        return self.num_patches + int(self.cls_token)
+
+    @property
+    def tokens_per_image(self) -> int:
+        """What the LLM receives per image without pruning."""
+        return self.crops * self.num_patches
+
+    @property
+    def grid(self) -> int:
+        """Side of a square token grid."""
+        if self.grid_rows != self.grid_cols:
+            raise UsageError(f"this method needs a square token grid, the export has {self.grid_rows}x{self.grid_cols}")
+        return self.grid_rows
+
+
+@dataclass(frozen=True)
+class ModelOption:
+    """A model-level export option (`--grid`, `--image-size`), parsed and validated by its adapter."""
+
+    name: str  # the command-line flag without dashes
+    help: str
+    default: str
+
+
+@dataclass
+class VisionStack:
+    """The part of a checkpoint that goes into the vision graph (CLIP's text side too, where needed)."""
+
+    config: Any  # the HF config of the whole model
+    geometry: Geometry
+    tower: nn.Module
+    projector: nn.Module
+    source: WeightsSource
+    clip: Any = None  # models.clip.ClipText for text-conditioned methods
+
+    def parameter_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for m in (self.tower, self.projector) for p in m.parameters())
+
+
+def parse_size(text: str, what: str) -> tuple[int, int]:
+    """'2x3' -> (2, 3)."""
+    rows, sep, cols = text.lower().partition("x")
+    if not (sep and rows.isdigit() and cols.isdigit() and int(rows) > 0 and int(cols) > 0):
+        raise UsageError(f"{what} {text!r}: expected two positive integers like 2x2")
+    return int(rows), int(cols)
+
+
+class VisionLanguageModel:
+    """One architecture, registered in MODELS under `name`. Subclasses set the class attributes and
+    implement the members below; nothing here holds state beyond the declaration."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    model_type: ClassVar[str]  # config.json's model_type of the checkpoints this reads
+    signals: ClassVar[frozenset[Signal]]
+    image_token: ClassVar[str]  # the prompt placeholder one image's tokens replace
+    hf_class: ClassVar[str]  # the transformers class of the whole model (its LLM half serves the runtime)
+    canonical_repo: ClassVar[str | None] = None  # looked up offline in the HF cache without --weights
+    random_only: ClassVar[bool] = False  # toy sizes for tests: only seeded random weights exist
+    options: ClassVar[tuple[ModelOption, ...]] = ()
+
+    # --- config and geometry ---------------------------------------------------------------------------
+    def default_config(self) -> Any:
+        """The HF config of the canonical checkpoint (used with random weights)."""
+        raise NotImplementedError
+
+    def config_from_dict(self, raw: dict) -> Any:
+        raise NotImplementedError
+
+    def geometry(self, config: Any, options: dict[str, str]) -> Geometry:
+        """Validated static sizes; WeightsError for a config this adapter cannot export."""
+        raise NotImplementedError
+
+    def resolved_options(self, options: dict[str, str]) -> dict[str, str]:
+        """The model options with defaults filled in; UsageError for options this model does not have."""
+        known = {o.name: o for o in self.options}
+        for key in options:
+            if key not in known:
+                flags = ", ".join(f"--{o.name.replace('_', '-')}" for o in self.options) or "none"
+                raise UsageError(f"--{key.replace('_', '-')} is not an option of {self.name} (its options: {flags})")
+        return {o.name: options.get(o.name) or o.default for o in self.options}
+
+    def check_method(self, method: type[PruningMethod]) -> None:
+        """UsageError in one line where the method needs a signal this tower lacks."""
+        missing = [s.value for s in method.requires if s not in self.signals]
+        if missing:
+            raise UsageError(f"method {method.name} needs {', '.join(missing)}, which {self.name} does not have"
+                             + (f" ({method.unsupported_reason})" if method.unsupported_reason else ""))
+
+    # --- weights (export side) -------------------------------------------------------------------------
+    def vision_key(self, checkpoint_key: str) -> str | None:
+        """Checkpoint key -> "tower.<name>" / "projector.<name>", or None outside the vision graph."""
+        raise NotImplementedError
+
+    def build_vision(self, config: Any) -> tuple[nn.Module, nn.Module]:
+        """Tower and projector of `config`, float32, eval mode, HF's initialisation (seed set by the caller)."""
+        raise NotImplementedError
+
+    def feature_extractor(self, stack: VisionStack, method: PruningMethod) -> nn.Module:
+        """The graph's first part: (pixel_values[, text_embeds]) -> methods.base.VisionFeatures."""
+        raise NotImplementedError
+
+    # --- runtime ---------------------------------------------------------------------------------------
+    def preprocess(self, images: list, geometry: Geometry) -> np.ndarray:
+        """PIL images -> pixel_values as the vision graph takes them, with the HF processor's own code."""
+        raise NotImplementedError
+
+    def prompt(self, content: str) -> str:
+        """The model's conversation template around one user turn (content holds the image placeholders)."""
+        raise NotImplementedError
+
+    def stand_in_tokenizer(self, config: Any) -> Any:
+        """A byte-level tokenizer with the model's special-token layout, for random-weight LLMs (the text is
+        noise, every id path runs)."""
+        raise NotImplementedError
+
+    def check_llm_config(self, config: Any, geometry: Geometry, where: str) -> None:
+        """WeightsError where an LLM's config does not fit an export of this model."""
+        if getattr(config, "model_type", None) != self.model_type:
+            raise WeightsError(f"{where} is a {getattr(config, 'model_type', None)!r} model, the export is {self.name} "
+                               f"({self.model_type!r})")
+        width = config.text_config.hidden_size
+        if width != geometry.llm_width:
+            raise WeightsError(f"{where} has an LLM of width {width}, the export's image embeddings are "
+                               f"{geometry.llm_width} wide")
