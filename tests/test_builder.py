@@ -12,7 +12,7 @@ from vtp_export.engine import Device
 from vtp_export.errors import UsageError
 from vtp_export.exporter import ExportRequest, export
 from vtp_export.output_folder import read_export
-from vtp_export.recipe import BUILD_SCRIPT
+from vtp_export.recipe import BUILD_SCRIPT, trtexec_arguments
 from vtp_export.targets import TARGETS
 
 ORIN = TARGETS.get("orin")
@@ -34,19 +34,29 @@ def test_cross_target_explains_how_to_build_on_the_device(orin_trim):
     assert not (orin_trim / "engine").exists()
 
 
-def test_another_precision_rewrites_the_recipe(orin_trim):
+def test_strongly_typed_recipe_builds_the_graphs_precision(orin_trim):
     script = orin_trim / BUILD_SCRIPT
-    assert "--fp16" in script.read_text() and "--precisionConstraints=obey" in script.read_text()
+    assert "--stronglyTyped" in script.read_text() and "--fp16" not in script.read_text()
     build(orin_trim, precision="fp32", device=NO_TENSORRT)
-    assert "--fp16" not in script.read_text() and "--onnx=text.onnx" in script.read_text()
-    build(orin_trim, precision="fp16", device=NO_TENSORRT)
-    assert "--layerPrecisions=" in script.read_text() and ":fp32" in script.read_text()
+    assert "--stronglyTyped" in script.read_text() and "--onnx=text.onnx" in script.read_text()
     assert sorted(p.name for p in orin_trim.iterdir() if p.name.startswith(".")) == []
+
+
+def test_weakly_typed_recipe_pins_the_score_path():
+    """TensorRT 8.5 has no strong typing: fp16 from the builder flag, float32_nodes pinned per layer."""
+    jetpack5 = TARGETS.get("jetpack5-orin")
+    inputs = [{"name": "pixel_values", "shape": [1, 3, 336, 336]}]
+    args = trtexec_arguments(jetpack5, "vision.onnx", inputs, False, 1, "fp16", ["node_topk"])
+    assert "--fp16" in args and "--precisionConstraints=obey" in args and "--layerPrecisions=node_topk:fp32" in args
+    assert "--stronglyTyped" not in args
+    assert "--fp16" not in trtexec_arguments(jetpack5, "vision.onnx", inputs, False, 1, "fp32", [])
 
 
 @pytest.mark.parametrize("precision,message", [
     ("fp8", "target orin (sm_87) does not support fp8 (supports: fp16, int8, fp32)"),
-    ("int8", "int8 engines need calibration data"),
+    ("int8", "is a fp32 graph and TensorRT 10.3 builds it strongly typed, in the graph's precision: export with "
+             "--precision int8"),
+    ("fp16", "export with --precision fp16"),
 ])
 def test_unsupported_precision(orin_trim, precision, message):
     with pytest.raises(UsageError, match=message.replace("(", "\\(").replace(")", "\\)")):
@@ -88,6 +98,7 @@ def test_builder_path_builds_engines_with_tensorrt_rtx(orin_trim, tmp_path):
                              graph["inputs"], graph["dynamic_batch"], cache, progress=lambda _: None)
         assert engine.stat().st_size == entry["bytes"] > 0 and entry["layers"] > 0
         assert entry["flags"]["dynamic_batch"] and entry["flags"]["max_batch"] == 64
+        assert entry["flags"]["strongly_typed"] and entry["float32_layers"] == 0
     assert cache.is_file()
 
 

@@ -50,3 +50,7 @@ class TargetConstraintError(VtpError):
 class PipelineError(VtpError):
     """The runtime cannot serve a request: bad image, prompt too long, an export or engine that does not
     fit. The one exception type a host process embedding the runtime has to catch."""
+
+
+class PrecisionError(ExportError):
+    """The graph could not be lowered or quantized to the requested precision."""

@@ -1,4 +1,9 @@
-"""The device-side TensorRT build recipe: one trtexec command per graph with the target's flags, as a script."""
+"""The device-side TensorRT build recipe: one trtexec command per graph with the target's flags, as a script.
+
+Strongly typed (TensorRT 9+, every target but JetPack 5): `--stronglyTyped` and no precision flags, the
+graph's own types decide (precision.py puts fp16/bf16 and Q/DQ into the graph; TensorRT 11 has nothing
+else). Weakly typed (TensorRT 8.5): `--fp16` with the score path pinned by `--layerPrecisions`.
+"""
 
 import shlex
 from pathlib import Path
@@ -17,9 +22,12 @@ def engine_name(onnx_name: str) -> str:
 def trtexec_arguments(target: Target, onnx_name: str, inputs: list[dict], dynamic_batch: bool, max_batch: int,
                       precision: str, float32_nodes: list[str]) -> list[str]:
     """`inputs`: the graph's input signatures (name, dtype, shape) as graph_signature records them;
-    `float32_nodes`: layers an fp16 engine keeps in float32 (TensorRT names layers after ONNX nodes)."""
+    `precision`, `float32_nodes`: weakly typed targets only, the engine precision and the layers an fp16
+    engine keeps in float32 (TensorRT names layers after ONNX nodes)."""
     args = [f"--onnx={onnx_name}", f"--saveEngine={engine_name(onnx_name)}", f"--timingCacheFile={TIMING_CACHE}"]
-    if precision == "fp16":
+    if target.strongly_typed:
+        args.append("--stronglyTyped")
+    elif precision == "fp16":
         args.append("--fp16")
         if float32_nodes:
             args += ["--precisionConstraints=obey",
@@ -40,6 +48,8 @@ def write_build_script(folder: Path, target: Target, graphs: dict[str, dict], dy
     arguments = [trtexec_arguments(target, name, g["inputs"], dynamic_batch, max_batch, precision, g["float32_nodes"])
                  for name, g in graphs.items()]
     engines = ", ".join(engine_name(name) for name in graphs)
+    if target.strongly_typed:
+        precision = "strongly typed: the precision each graph's types state"
     lines = "\n".join(f'"$TRTEXEC" {shlex.join(args)}' for args in arguments)
     script = f"""#!/usr/bin/env bash
 # Builds {engines} ({precision}) on the target device: {target.summary}.
