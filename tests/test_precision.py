@@ -119,7 +119,7 @@ def test_weights_are_stored_in_the_low_type(graphs, fp32_graph, precision):
     matmul_weights = [t for t in floats if any(r.op_type in ("MatMul", "Gemm") for r in readers.get(t.name, []))]
     assert len(matmul_weights) >= 10 and all(t.data_type == low_type for t in matmul_weights
                                              if not all(r.name in keep for r in readers[t.name]))
-    assert record["weights_bytes"][precision] < record["weights_bytes"]["fp32"]
+    assert record["graph_bytes"][precision] < record["graph_bytes"]["fp32"]
 
 
 @pytest.mark.parametrize("precision", LOW_PRECISIONS)

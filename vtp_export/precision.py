@@ -118,7 +118,7 @@ def lower_precision(path: Path, precision: str, keep_float32: list[str]) -> dict
     except ImportError:
         raise PrecisionError(MODELOPT_MISSING) from None
     start = time.perf_counter()
-    before = weight_bytes(path)
+    before = graph_bytes(path)
     opset = max(opset_of(path), QDQ_MIN_OPSET if has_qdq(path) else 0)
     with quiet_modelopt():
         try:
@@ -135,7 +135,7 @@ def lower_precision(path: Path, precision: str, keep_float32: list[str]) -> dict
         "float32_nodes": sum(name in nodes for name in keep_float32),
         "casts": sum(n.op_type == "Cast" for n in model.graph.node),
         "opset": opset,
-        "weights_bytes": {"fp32": before, precision: weight_bytes(path)},
+        "graph_bytes": {"fp32": before, precision: graph_bytes(path)},
         "seconds": round(time.perf_counter() - start, 2),
     }
 
@@ -155,7 +155,7 @@ def quantize(path: Path, precision: str, calibration_feeds: list[dict[str, np.nd
     except ImportError:
         raise PrecisionError(MODELOPT_MISSING) from None
     start = time.perf_counter()
-    before = weight_bytes(path)
+    before = graph_bytes(path)
     calibration = {name: np.concatenate([feeds[name] for feeds in calibration_feeds])
                    for name in calibration_feeds[0]}
     # ModelOpt writes intermediate files beside its input: move the graph into a scratch folder for it.
@@ -194,7 +194,7 @@ def quantize(path: Path, precision: str, calibration_feeds: list[dict[str, np.nd
     }
     if remainder != "fp32":
         record["remainder"] = lower_precision(path, remainder, exclude_nodes)
-    record["weights_bytes"] = {"fp32": before, precision: weight_bytes(path)}
+    record["graph_bytes"] = {"fp32": before, precision: graph_bytes(path)}
     return record
 
 
@@ -218,10 +218,10 @@ def save_in_place(model: onnx.ModelProto, path: Path) -> None:
     staged.replace(path)
 
 
-def weight_bytes(path: Path) -> int:
-    """Bytes of the graph's weights: the external-data file, or the graph itself where it has none."""
+def graph_bytes(path: Path) -> int:
+    """Bytes of the graph on disk, its external data included (small constants live in the graph file)."""
     data = data_path(path)
-    return data.stat().st_size if data.exists() else path.stat().st_size
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
 def opset_of(path: Path) -> int:
