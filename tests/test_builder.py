@@ -11,8 +11,8 @@ from vtp_export.cli import main
 from vtp_export.engine import Device
 from vtp_export.errors import RecordError, UsageError
 from vtp_export.exporter import ExportRequest, export
-from vtp_export.recipe import BUILD_SCRIPT
-from vtp_export.records import read_export
+from vtp_export.recipe import BUILD_SCRIPT, trtexec_arguments
+from vtp_export.records import GraphRecord, TensorSpec, read_export
 from vtp_export.targets import TARGETS
 
 ORIN = TARGETS.get("orin")
@@ -40,25 +40,49 @@ def test_out_is_refused_where_no_engine_is_built(orin_trim, tmp_path):
     assert not (tmp_path / "engines").exists()
 
 
-def test_another_precision_rewrites_the_recipe_and_its_record(orin_trim):
+def test_strongly_typed_recipe_builds_the_graphs_precision(orin_trim):
     script = orin_trim / BUILD_SCRIPT
-    assert "--fp16" in script.read_text() and "--precisionConstraints=obey" in script.read_text()
-    build(orin_trim, precision="fp32", device=NO_TENSORRT)
-    record = read_export(orin_trim)
-    assert "--fp16" not in script.read_text() and "--onnx=text.onnx" in script.read_text()
-    assert record.device_build.precision == "fp32" and all(not g.float32_nodes for g in record.graphs.values())
-    assert record.device_build.commands[0].split()[1:] == script.read_text().splitlines()[-2].split()[1:]
-    build(orin_trim, device=NO_TENSORRT)
-    assert "--fp16" not in script.read_text(), "a plain build keeps the recorded precision"
-    build(orin_trim, precision="fp16", device=NO_TENSORRT)
-    assert "--layerPrecisions=" in script.read_text() and ":fp32" in script.read_text()
+    assert "--stronglyTyped" in script.read_text() and "--fp16" not in script.read_text()
+    assert "--onnx=text.onnx" in script.read_text()
+    assert build(orin_trim, device=NO_TENSORRT).message.endswith("(fp16)")
     assert read_export(orin_trim).device_build.precision == "fp16"
-    assert sorted(p.name for p in orin_trim.iterdir() if p.name.startswith(".")) == []
+
+
+def test_weakly_typed_build_at_another_precision_rewrites_the_recipe_and_its_record(tmp_path):
+    out = export(ExportRequest(model="llava15-tiny", method="fastervlm", keep=8, target="jetpack5-orin",
+                               out=tmp_path / "e", verify_samples=1))
+    script = out / BUILD_SCRIPT
+    assert "--precisionConstraints=obey" in script.read_text()
+    build(out, precision="fp32", device=NO_TENSORRT)
+    record = read_export(out)
+    assert "--fp16" not in script.read_text()
+    assert record.device_build.precision == "fp32" and all(not g.float32_nodes for g in record.graphs.values())
+    assert record.device_build.commands[0].split()[1:] == script.read_text().splitlines()[-1].split()[1:]
+    build(out, device=NO_TENSORRT)
+    assert "--fp16" not in script.read_text(), "a plain build keeps the recorded precision"
+    build(out, precision="fp16", device=NO_TENSORRT)
+    assert "--layerPrecisions=" in script.read_text() and ":fp32" in script.read_text()
+    assert read_export(out).device_build.precision == "fp16"
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def test_weakly_typed_recipe_pins_the_score_path():
+    """TensorRT 8.5 has no strong typing: fp16 from the builder flag, float32_nodes pinned per layer."""
+    jetpack5 = TARGETS.get("jetpack5-orin")
+    graph = GraphRecord(file="vision.onnx", sha256="", external_data={}, opset=17, nodes=1, dynamic_batch=False,
+                        inputs=[TensorSpec("pixel_values", "float32", [1, 3, 336, 336])], outputs=[],
+                        float32_nodes=["node_topk"])
+    args = trtexec_arguments(jetpack5, graph, "fp16")
+    assert "--fp16" in args and "--precisionConstraints=obey" in args and "--layerPrecisions=node_topk:fp32" in args
+    assert "--stronglyTyped" not in args
+    assert "--fp16" not in trtexec_arguments(jetpack5, graph, "fp32")
 
 
 @pytest.mark.parametrize("precision,message", [
     ("fp8", "target orin (sm_87) does not support fp8 (supports: fp16, int8, fp32)"),
-    ("int8", "int8 engines need calibration data"),
+    ("int8", "is a fp16 graph and TensorRT 10.3 builds it strongly typed, in the graph's precision: export with "
+             "--precision int8"),
+    ("fp32", "export with --precision fp32"),
 ])
 def test_unsupported_precision(orin_trim, precision, message):
     with pytest.raises(UsageError, match=message.replace("(", "\\(").replace(")", "\\)")):
@@ -91,15 +115,16 @@ def test_which_machines_build_for_orin(device, reason):
 
 
 def test_builder_path_builds_engines_with_tensorrt_rtx(orin_trim, tmp_path):
-    """The same build_engine the device runs, with TensorRT-RTX (CPU-only, strongly typed: fp32 here)."""
+    """The same build_engine the device runs, with TensorRT-RTX (CPU-only, strongly typed: the fp16 graph)."""
     record = read_export(orin_trim)
     cache = tmp_path / "timing.cache"
     for graph in record.graphs.values():
         engine = tmp_path / f"{graph.file}.engine"
-        entry = build_engine(tensorrt_rtx_bindings, orin_trim / graph.file, engine, ORIN, "fp32", graph, cache,
+        entry = build_engine(tensorrt_rtx_bindings, orin_trim / graph.file, engine, ORIN, "fp16", graph, cache,
                              progress=lambda _: None)
         assert engine.stat().st_size == entry.bytes > 0 and entry.layers > 0 and entry.onnx_sha256 == graph.sha256
         assert entry.flags["dynamic_batch"] and entry.flags["max_batch"] == 64
+        assert entry.flags["strongly_typed"] and entry.float32_layers == 0
     assert cache.is_file()
 
 

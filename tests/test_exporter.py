@@ -1,4 +1,5 @@
-"""Export round trips on llava15-tiny: graph signature, verification, TensorRT parser + CPU engine build."""
+"""Export round trips on llava15-tiny: golden graph signatures of the fp32 graphs, verification, the default
+fp16 graphs of a TensorRT target through the TensorRT parser and a CPU engine build."""
 
 import hashlib
 import json
@@ -18,6 +19,7 @@ from vtp_export.signature import (
     GOLDEN_KEEP, GOLDEN_MODEL, golden_exports, golden_path, golden_text_path, graph_signature, read_signature,
 )
 from vtp_export.onnxruntime_sessions import onnxruntime_session
+from vtp_export.precision import graph_precision
 from vtp_export.random_inputs import random_pixel_values
 from vtp_export.weights import CLIP_SUBFOLDER
 
@@ -36,8 +38,20 @@ def orin_export(request, tmp_path_factory):
     return name, out
 
 
-def test_signature_matches_golden(orin_export):
-    name, out = orin_export
+@pytest.fixture(scope="module", params=list(GOLDEN),
+                ids=lambda name: f"{name}-k{'all' if name == 'none' else GOLDEN_KEEP}-cpu")
+def cpu_export(request, tmp_path_factory):
+    """The fp32 graph of each golden export (what the golden signatures pin)."""
+    name = request.param
+    method, options = GOLDEN[name]
+    out = tmp_path_factory.mktemp("cpu-exports") / name
+    export(ExportRequest(model=GOLDEN_MODEL, method=method, keep=None if method == "none" else GOLDEN_KEEP,
+                         target="cpu", out=out, method_options=options, verify_samples=1))
+    return name, out
+
+
+def test_signature_matches_golden(cpu_export):
+    name, out = cpu_export
     method = GOLDEN[name][0]
     signature = graph_signature(out / VISION_ONNX)
     keep = signature["outputs"][1]["shape"][1]
@@ -87,17 +101,28 @@ def test_tensorrt_parser_accepted_and_engine_built(orin_export):
         assert check["checked"] and check["engine_built"] and check["layers"] > 0
 
 
+def test_default_precision_is_an_fp16_graph_with_its_fidelity(orin_export):
+    _, out = orin_export
+    for role, graph in json.loads((out / CONFIG_JSON).read_text())["graphs"].items():
+        assert graph_precision(out / graph["file"]) == graph["precision"]["precision"] == "fp16"
+        fidelity = graph["precision"]["fidelity"]
+        assert fidelity["embeds_cosine_min"] >= 0.999 and fidelity["images"] >= 3
+        if role == "vision":
+            assert 0 < fidelity["token_overlap_min"] <= 1.0
+
+
 def test_device_build_recipe(orin_export):
     _, out = orin_export
     script = (out / BUILD_SCRIPT).read_text()
     for graph in json.loads((out / CONFIG_JSON).read_text())["graphs"]:
         assert f"--onnx={graph}.onnx" in script and f"--saveEngine={graph}.engine" in script
-    assert "--fp16" in script and "memPoolSize=workspace:4096M" in script
-    assert "--precisionConstraints=obey" in script
+    assert "--stronglyTyped" in script and "memPoolSize=workspace:4096M" in script  # TensorRT 10.3: strongly typed
+    assert "--fp16" not in script and "--precisionConstraints" not in script
     config = json.loads((out / CONFIG_JSON).read_text())
+    assert config["device_build"]["precision"] == "fp16"
     for graph in config["graphs"].values():
-        assert graph["float32_nodes"] and all(f"{name}:fp32" in script for name in graph["float32_nodes"])
-        assert graph["lint"] == {"target": "orin", "opset": 18, "nodes": graph["nodes"], "passed": True}
+        assert graph["float32_nodes"] == [], "strongly typed: precision is in the graph, no layer pinning"
+        assert graph["lint"]["passed"] and graph["lint"]["target"] == "orin" and graph["lint"]["opset"] == 18
 
 
 def test_leaves_no_staging_folders(orin_export):

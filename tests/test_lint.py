@@ -104,3 +104,71 @@ def test_unsupported_op(tmp_path):
     path = save(tmp_path, nodes, [value("x", [2])], [value("y", [2])])
     with pytest.raises(TargetConstraintError, match="'the_mod' \\(Mod\\): not supported by TensorRT 10.3"):
         lint_graph(path, TARGETS.get("orin"))
+
+
+def cast_graph(tmp_path, to, opset=18):
+    nodes = [helper.make_node("Cast", ["x"], ["y"], name="the_cast", to=to)]
+    return save(tmp_path, nodes, [value("x", [4])], [value("y", [4], to)], opset=opset)
+
+
+def qdq_graph(tmp_path, quantized, zero=0, with_zero_point=True, opset=19):
+    """x -> QuantizeLinear -> DequantizeLinear with a per-tensor scale and a zero point of type `quantized`."""
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "scale")]
+    q_inputs = ["x", "scale"]
+    if with_zero_point:
+        inits.append(helper.make_tensor("zero", quantized, [], [zero]))
+        q_inputs.append("zero")
+    nodes = [helper.make_node("QuantizeLinear", q_inputs, ["q"], name="the_q"),
+             helper.make_node("DequantizeLinear", ["q", *q_inputs[1:]], ["y"], name="the_dq")]
+    return save(tmp_path, nodes, [value("x", [4])], [value("y", [4])], inits, opset=opset)
+
+
+@pytest.mark.parametrize("target,passes", [("a100", True), ("h100", True), ("thor", True), ("orin", False)])
+def test_bf16_casts_need_a_target_with_bf16(tmp_path, target, passes):
+    path = cast_graph(tmp_path, TensorProto.BFLOAT16)
+    if passes:
+        assert lint_graph(path, TARGETS.get(target))["passed"]
+    else:
+        with pytest.raises(TargetConstraintError, match="'the_cast' \\(Cast\\): BFLOAT16; target orin does not list bf16"):
+            lint_graph(path, TARGETS.get(target))
+
+
+def test_tensorrt_8_5_has_no_bf16(tmp_path):
+    with pytest.raises(TargetConstraintError, match="BFLOAT16 is not a TensorRT 8.5 type"):
+        lint_graph(cast_graph(tmp_path, TensorProto.BFLOAT16, opset=17), TARGETS.get("jetpack5-orin"))
+    assert lint_graph(cast_graph(tmp_path, TensorProto.FLOAT16, opset=17), TARGETS.get("jetpack5-orin"))["passed"]
+
+
+def test_quantized_types_come_from_quantize_linear_only(tmp_path):
+    with pytest.raises(TargetConstraintError, match="Cast to INT8; TensorRT makes quantized types with QuantizeLinear"):
+        lint_graph(cast_graph(tmp_path, TensorProto.INT8), TARGETS.get("orin"))
+
+
+@pytest.mark.parametrize("target,quantized,message", [
+    ("orin", TensorProto.INT8, None),
+    ("h100", TensorProto.FLOAT8E4M3FN, None),
+    ("l4", TensorProto.FLOAT8E4M3FN, None),
+    ("a100", TensorProto.FLOAT8E4M3FN, "FLOAT8E4M3FN needs sm_89 or later, the target is sm_80"),
+    ("orin", TensorProto.FLOAT8E4M3FN, "FLOAT8E4M3FN needs sm_89 or later, the target is sm_87"),
+    ("h100", TensorProto.FLOAT8E5M2, "quantizes to FLOAT8E5M2; TensorRT 10.0-11 takes INT8, FLOAT8E4M3FN, INT4"),
+    ("orin", TensorProto.UINT8, "quantizes to UINT8"),
+])
+def test_qdq_types_per_target(tmp_path, target, quantized, message):
+    path = qdq_graph(tmp_path, quantized)
+    if message is None:
+        assert lint_graph(path, TARGETS.get(target))["passed"]
+    else:
+        with pytest.raises(TargetConstraintError, match="'the_q' \\(QuantizeLinear\\): " + message):
+            lint_graph(path, TARGETS.get(target))
+
+
+def test_qdq_rules_of_tensorrt_8_5(tmp_path):
+    jetpack5 = TARGETS.get("jetpack5-orin")
+    assert lint_graph(qdq_graph(tmp_path, TensorProto.INT8, opset=13), jetpack5)["passed"]
+    with pytest.raises(TargetConstraintError, match="quantizes to UINT8; TensorRT 8.5 takes INT8"):
+        lint_graph(qdq_graph(tmp_path, TensorProto.INT8, with_zero_point=False, opset=13), jetpack5)
+
+
+def test_qdq_zero_point_must_be_zero(tmp_path):
+    with pytest.raises(TargetConstraintError, match="'the_q' \\(QuantizeLinear\\): non-zero zero point"):
+        lint_graph(qdq_graph(tmp_path, TensorProto.INT8, zero=3), TARGETS.get("orin"))

@@ -40,6 +40,16 @@ def test_tensorrt_version_range():
     a100 = TARGETS.get("a100")
     assert a100.accepts_tensorrt("10.0.1") and a100.accepts_tensorrt("10.13.2.6") and not a100.accepts_tensorrt("8.6.1")
     assert TARGETS.get("thor").accepts_tensorrt("10.13.3") and not TARGETS.get("thor").accepts_tensorrt("10.3.0")
+    for name in ("a100", "l4", "h100"):  # datacenter: TensorRT 11 too (strongly typed only)
+        target = TARGETS.get(name)
+        assert target.accepts_tensorrt("11.0.0") and target.accepts_tensorrt("11.7.1") and not target.accepts_tensorrt("12.0")
+    assert not TARGETS.get("orin").accepts_tensorrt("11.0.0")
+
+
+@pytest.mark.parametrize("name", TENSORRT_TARGETS)
+def test_bf16_and_fp8_types_from_tensorrt_10(name):
+    target = TARGETS.get(name)
+    assert target.has_bf16_fp8_types == (name != "jetpack5-orin") == target.strongly_typed
 
 
 def test_cpu_uses_onnxruntime():

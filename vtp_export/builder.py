@@ -2,7 +2,8 @@
 machine is not the target device, the device-side recipe and one line on how to run it there.
 
 On the device: the TensorRT Python API (`tensorrt` and a CUDA GPU of the target's compute capability),
-fp16 by default with the scores and normalisations pinned to fp32, a persisted timing cache, the
+a strongly typed network where the target's TensorRT has them (9+: the graph's types are the precision),
+else (TensorRT 8.5) fp16 by default with the scores and normalisations pinned to fp32, a persisted timing cache, the
 target's workspace cap, memory monitoring where TensorRT has it (10.6+), an optimisation profile for a
 dynamic batch, progress while building, and a Polygraphy comparison onnxruntime vs TensorRT recorded in
 the engine folder's config.json.
@@ -26,7 +27,7 @@ from vtp_export.graph_io import (
 )
 from vtp_export.interrupts import deferred_interrupt
 from vtp_export.output_folder import staged_folder
-from vtp_export.precision import engine_precision, float32_nodes
+from vtp_export.precision import engine_precision, float32_nodes, graph_precision
 from vtp_export.records import (
     ENGINE_SCHEMA, DeviceBuild, EngineFile, EngineRecord, ExportRecord, GpuRecord, GraphRecord, read_export, sha256,
     write_json,
@@ -69,9 +70,12 @@ def build(folder: Path, out: Path | None = None, precision: str | None = None, d
     if not target.uses_tensorrt:
         raise UsageError(f"{folder} was exported for {target.name}, which runs onnxruntime: there is no engine "
                          "to build (export with a TensorRT --target)")
-    precision = engine_precision(target, precision or record.device_build.precision)
-    graphs = {role: dataclasses.replace(graph, float32_nodes=float32_nodes(folder / graph.file)
-                                        if precision == "fp16" else [])
+    if target.strongly_typed:
+        precision = typed_precision(folder, record.graphs["vision"].file, target, precision)
+    else:
+        precision = engine_precision(target, precision or record.device_build.precision)
+    pinned = precision == "fp16" and not target.strongly_typed
+    graphs = {role: dataclasses.replace(graph, float32_nodes=float32_nodes(folder / graph.file) if pinned else [])
               for role, graph in record.graphs.items()}
     device = device or this_device()
     reason = why_not_here(target, device)
@@ -106,6 +110,18 @@ def build(folder: Path, out: Path | None = None, precision: str | None = None, d
         )
         write_json(stage / CONFIG_JSON, engine_record)
     return BuildOutcome(out, f"built {', '.join(e.file for e in engines.values())} in {out}")
+
+
+def typed_precision(folder: Path, vision_file: str, target: Target, requested: str | None) -> str:
+    """A strongly typed engine runs the precision its graph's types state: that one, which must be the one
+    requested where one is."""
+    if requested is not None:
+        engine_precision(target, requested)
+    precision = engine_precision(target, graph_precision(folder / vision_file))
+    if requested is not None and requested != precision:
+        raise UsageError(f"{folder / vision_file} is a {precision} graph and TensorRT {target.tensorrt_range} builds "
+                         f"it strongly typed, in the graph's precision: export with --precision {requested}")
+    return precision
 
 
 def engine_files(folder: Path) -> list[str] | None:
@@ -147,7 +163,10 @@ def build_engine(trt: ModuleType, onnx_path: Path, engine_path: Path, target: Ta
     flags = 0
     if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # TensorRT 8.x; implicit in 10
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if target.strongly_typed:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
+    strongly_typed = target.strongly_typed and network.get_flag(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     parser = trt.OnnxParser(network, logger)
     with deferred_interrupt():
         parsed = parser.parse_from_file(str(onnx_path))
@@ -160,7 +179,7 @@ def build_engine(trt: ModuleType, onnx_path: Path, engine_path: Path, target: Ta
     if hasattr(trt.BuilderFlag, "MONITOR_MEMORY"):  # TensorRT 10.6+
         config.set_flag(trt.BuilderFlag.MONITOR_MEMORY)
     pinned = 0
-    if precision == "fp16" and hasattr(trt.BuilderFlag, "FP16"):
+    if precision == "fp16" and not target.strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         wanted = set(graph.float32_nodes)
@@ -192,7 +211,8 @@ def build_engine(trt: ModuleType, onnx_path: Path, engine_path: Path, target: Ta
     return EngineFile(
         file=engine_path.name, sha256=sha256(engine_path), bytes=size, onnx_sha256=graph.sha256,
         build_s=round(time.perf_counter() - start, 1), layers=network.num_layers, float32_layers=pinned,
-        flags={"precision": precision, "workspace_mib": target.workspace_mib, "dynamic_batch": graph.dynamic_batch,
+        flags={"precision": precision, "strongly_typed": strongly_typed, "workspace_mib": target.workspace_mib,
+               "dynamic_batch": graph.dynamic_batch,
                "max_batch": MAX_DYNAMIC_BATCH if graph.dynamic_batch else None, "timing_cache": cache_path.name,
                "monitor_memory": hasattr(trt.BuilderFlag, "MONITOR_MEMORY")},
         activation_memory_bytes=activation,

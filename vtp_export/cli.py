@@ -57,8 +57,10 @@ def export_parser() -> Parser:
     batch.add_argument("--batch", type=int, default=1, help="fixed batch size of the graph (default 1)")
     batch.add_argument("--dynamic-batch", action="store_true", help="symbolic batch axis (all other axes static)")
     p.add_argument("--verify-samples", type=int, default=3, help="random batches compared with PyTorch (default 3)")
-    p.add_argument("--precision", help="engine precision for GPU targets: fp16 (default; scores and norms stay "
-                                       "fp32) or fp32; must be one the target supports")
+    p.add_argument("--precision", help="TensorRT targets: fp16 (default), bf16, int8, fp8 or fp32, one the target "
+                                       "supports; put into the graph (scores and norms stay fp32) for strongly "
+                                       "typed engines")
+    p.add_argument("--calibration", help="int8/fp8: a folder of calibration images, or 'random' with --random-weights")
     p.add_argument("--build", action="store_true",
                    help="then build the engines (as `vtp-export build OUT`): on the target device with TensorRT, "
                         "else the device recipe is explained")
@@ -78,7 +80,7 @@ def run_export(argv: Sequence[str]) -> int:
         method_options=dict(args.method_opt), model_options=model_options, out=args.out, weights=args.weights,
         text_weights=args.text_weights, random_weights=args.random_weights, seed=args.seed, batch=args.batch,
         dynamic_batch=args.dynamic_batch, verify_samples=args.verify_samples, tensorrt_check=args.tensorrt_check,
-        precision=args.precision, replace=args.replace,
+        precision=args.precision, calibration=args.calibration, replace=args.replace,
     )
     out = export(request, progress=progress)
     print(summary(out))
@@ -243,8 +245,11 @@ def summary(out: Path) -> str:
         selection = f"token_index {check['selection']}, " if "selection" in check else ""
         lines += [
             f"  {graph.file}: {graph.nodes} nodes, opset {graph.opset}, {shapes}",
-            f"    verified on {check['samples']} random batches: {selection}{diffs}",
+            f"    {'fp32 graph ' if graph.precision and 'fidelity' in graph.precision else ''}verified against "
+            f"PyTorch on {check['samples']} random batches: {selection}{diffs}",
         ]
+        if graph.precision is not None and "fidelity" in graph.precision:
+            lines.append("    " + precision_line(graph.precision))
         if graph.lint is not None:
             lines.append(f"    fits {graph.lint['target']}: TensorRT ops, opset, constant TopK K, static shapes")
         parser = graph.tensorrt_parser
@@ -256,9 +261,25 @@ def summary(out: Path) -> str:
     if record.device_build is not None:
         build = record.device_build
         kept = sum(len(g.float32_nodes) for g in record.graphs.values())
-        fp32 = f", {kept} score/norm layers pinned to fp32" if kept else ""
+        fp32 = (f", {kept} score/norm layers pinned to fp32" if kept else
+                ", strongly typed" if record.target.strongly_typed else "")
         lines.append(f"  build the engines on the device ({build.precision}{fp32}): bash {out / build.script}")
     return "\n".join(lines)
+
+
+def precision_line(precision: dict) -> str:
+    """'fp16 graph (ModelOpt ...): kept-token overlap min 1.000, embeddings cosine min 0.99999 (onnxruntime)'."""
+    fidelity = precision["fidelity"]
+    overlap = (f"kept-token overlap with fp32 PyTorch min {fidelity['token_overlap_min']:.3f} mean "
+               f"{fidelity['token_overlap_mean']:.3f}, " if "token_overlap_min" in fidelity else "")
+    verdict = ""
+    if "meets_target" in fidelity:
+        bounds = ", ".join(f"{key.split('_min')[0].replace('_', ' ')} >= {bound}"
+                           for key, bound in fidelity["target"].items())
+        verdict = "; meets the target" if fidelity["meets_target"] else f"; BELOW the target ({bounds})"
+    backend = "emulated in onnxruntime" if "emulation" in fidelity["backend"] else "onnxruntime"
+    return (f"{precision['precision']} graph ({precision['tool']}): {overlap}embeddings cosine min "
+            f"{fidelity['embeds_cosine_min']:.5f} over {fidelity['images']} images ({backend}){verdict}")
 
 
 def run_listing(command: str, argv: Sequence[str]) -> int:

@@ -69,3 +69,7 @@ class Interrupted(VtpError):
     """Ctrl-C: the job stopped and left nothing behind."""
 
     exit_code = 130
+
+
+class PrecisionError(ExportError):
+    """The graph could not be lowered or quantized to the requested precision."""

@@ -16,7 +16,7 @@ import transformers
 from vtp_export import __version__
 from vtp_export.checkpoint import load_clip_text, load_vision_stack
 from vtp_export.errors import UsageError
-from vtp_export.graph_io import INPUT_IDS, PRODUCER, TEXT_EMBEDS, TEXT_INPUTS, TEXT_ONNX, TEXT_OUTPUTS, VISION_ONNX
+from vtp_export.graph_io import INPUT_IDS, PIXEL_VALUES, PRODUCER, TEXT_EMBEDS, TEXT_INPUTS, TEXT_ONNX, TEXT_OUTPUTS, VISION_ONNX
 from vtp_export.lint import lint_graph
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import PruningMethod
@@ -24,7 +24,11 @@ from vtp_export.models import MODELS
 from vtp_export.models.base import VisionLanguageModel, VisionStack
 from vtp_export.onnx_export import export_onnx
 from vtp_export.output_folder import check_writable, staged_folder
-from vtp_export.precision import engine_precision, float32_nodes
+from vtp_export.calibration import calibration_inputs
+from vtp_export.fidelity import measure_fidelity
+from vtp_export.precision import (
+    LOW_PRECISIONS, QUANTIZED_PRECISIONS, apply_precision, engine_precision, float32_nodes,
+)
 from vtp_export.recipe import BUILD_SCRIPT, write_build_script
 from vtp_export.records import (
     EXPORT_SCHEMA, DeviceBuild, ExportRecord, GraphRecord, MethodRecord, ModelRecord, TensorSpec, sha256, write_json,
@@ -36,7 +40,9 @@ from vtp_export.towers.clip import ClipTextEncoder
 from vtp_export.random_inputs import Arrays, random_input_ids, verification_inputs
 from vtp_export.verify import compare_with_onnxruntime, torch_outputs
 from vtp_export.vision_graph import VisionGraph
-from vtp_export.weights import WeightsSource, locate_clip_weights, locate_weights, read_clip_config, read_model_config
+from vtp_export.weights import (
+    RandomWeights, WeightsSource, locate_clip_weights, locate_weights, read_clip_config, read_model_config,
+)
 
 TENSORRT_CHECKS = ("parse", "build")
 MAX_SEED = 2**63 - 1
@@ -61,7 +67,8 @@ class ExportRequest:
     dynamic_batch: bool = False
     verify_samples: int = 3
     tensorrt_check: str = "parse"  # "build" also builds an engine with the CPU-only builder
-    precision: str | None = None  # engine precision; None: the target's default
+    precision: str | None = None  # graph/engine precision; None: the target's default
+    calibration: str | None = None  # int8/fp8: a folder of images, or "random" (random weights only)
     replace: bool = False  # replace an existing export folder even if it holds files vtp-export did not write
 
 
@@ -118,7 +125,15 @@ def plan_export(request: ExportRequest) -> Plan:
     if request.precision is not None and not target.uses_tensorrt:
         raise UsageError(f"--precision is for TensorRT targets; {target.name} runs the fp32 graph in onnxruntime")
     if target.uses_tensorrt:
-        engine_precision(target, request.precision)
+        precision = engine_precision(target, request.precision)
+        if precision in QUANTIZED_PRECISIONS and target.strongly_typed and request.calibration is None:
+            raise UsageError(f"{precision} is calibrated on images: pass --calibration DIR (a folder of images), or "
+                             "--calibration random with --random-weights")
+    if request.calibration is not None and not (target.uses_tensorrt and request.precision in QUANTIZED_PRECISIONS):
+        raise UsageError("--calibration is for --precision int8 or fp8")
+    if request.calibration == "random" and not (request.random_weights or MODELS.get(request.model).random_only):
+        raise UsageError("--calibration random is only for --random-weights exports: calibrate real weights on a "
+                         "folder of images (--calibration DIR)")
     if request.text_weights is not None and not method_class.text_conditioned:
         raise UsageError(f"--text-weights is for text-conditioned methods; {request.method} is not one")
     model_options = model.resolved_options(request.model_options)
@@ -147,14 +162,20 @@ def export(request: ExportRequest, progress: Progress = lambda _: None) -> Path:
         for graph in graphs:
             progress(f"verifying {graph.path.name} in onnxruntime against PyTorch on {len(graph.inputs)} random batches")
             start = time.perf_counter()
+            verification = compare_with_onnxruntime(graph.path, graph.inputs, graph.expected,
+                                                    exact_selection=graph.exact_selection)
+            record.timings[f"verify_{graph.role}_s"] = round(time.perf_counter() - start, 2)
+            keep_float32 = float32_nodes(graph.path) if target.uses_tensorrt else []
+            transform = None
+            if target.uses_tensorrt and precision != "fp32":
+                start = time.perf_counter()
+                transform = lower_graph(request, plan, graph, precision, keep_float32, progress)
+                record.timings[f"precision_{graph.role}_s"] = round(time.perf_counter() - start, 2)
             entry = graph_record(stage, graph.path, request.dynamic_batch)
+            entry.verification, entry.precision = verification, transform
             if target.uses_tensorrt:
                 entry.lint = lint_graph(graph.path, target, request.dynamic_batch)
-                entry.float32_nodes = float32_nodes(graph.path) if precision == "fp16" else []
-            entry.verification = compare_with_onnxruntime(graph.path, graph.inputs, graph.expected,
-                                                          exact_selection=graph.exact_selection)
-            record.timings[f"verify_{graph.role}_s"] = round(time.perf_counter() - start, 2)
-            if target.uses_tensorrt:
+                entry.float32_nodes = keep_float32 if precision == "fp16" and not target.strongly_typed else []
                 progress(f"checking {graph.path.name} with the TensorRT ONNX parser ({request.tensorrt_check})")
                 start = time.perf_counter()
                 entry.tensorrt_parser = check_with_tensorrt_parser(graph.path, request.tensorrt_check == "build")
@@ -165,6 +186,26 @@ def export(request: ExportRequest, progress: Progress = lambda _: None) -> Path:
             record.device_build = DeviceBuild(BUILD_SCRIPT, precision, commands)
         write_json(stage / "config.json", record)
     return plan.out
+
+
+def lower_graph(request: ExportRequest, plan: Plan, graph: WrittenGraph, precision: str, keep_float32: list[str],
+                progress: Progress) -> dict:
+    """Put `precision` into the verified fp32 graph (strongly typed targets; a weakly typed one keeps the fp32
+    graph and builds with flags) and measure its fidelity to the fp32 module on the verification inputs.
+    The text graph is lowered, never quantized: int8/fp8 exports get an fp16 text graph."""
+    target = TARGETS.get(request.target)
+    graph_precision = precision if graph.role == "vision" or precision in LOW_PRECISIONS else "fp16"
+    feeds = None
+    if graph_precision in QUANTIZED_PRECISIONS:
+        text = graph.inputs[0].get(TEXT_EMBEDS)
+        feeds = calibration_inputs(request.calibration, plan.model, plan.method.geometry, graph.inputs[0][
+            PIXEL_VALUES].shape[0], isinstance(plan.weights, RandomWeights), request.seed, text)
+    progress(f"putting {graph_precision} into {graph.path.name}"
+             + (f" (calibrated on {len(feeds)} batches)" if feeds else ""))
+    transform = apply_precision(graph.path, graph_precision, target, keep_float32, feeds)
+    if transform.get("graph", graph_precision) != "fp32":
+        transform["fidelity"] = measure_fidelity(graph.path, graph_precision, graph.inputs, graph.expected)
+    return transform
 
 
 def write_graphs(request: ExportRequest, plan: Plan, stage: Path, progress: Progress) -> tuple[ExportRecord, list[WrittenGraph]]:

@@ -1,4 +1,9 @@
-"""The device-side TensorRT build recipe: one trtexec command per graph with the target's flags, as a script."""
+"""The device-side TensorRT build recipe: one trtexec command per graph with the target's flags, as a script.
+
+Strongly typed (TensorRT 9+, every target but JetPack 5): `--stronglyTyped` and no precision flags, the
+graph's own types decide (precision.py puts fp16/bf16 and Q/DQ into the graph; TensorRT 11 has nothing
+else). Weakly typed (TensorRT 8.5): `--fp16` with the score path pinned by `--layerPrecisions`.
+"""
 
 import shlex
 from collections.abc import Iterable
@@ -18,10 +23,12 @@ def engine_name(onnx_name: str) -> str:
 
 
 def trtexec_arguments(target: Target, graph: GraphRecord, precision: str) -> list[str]:
-    """The graph's float32_nodes are the layers an fp16 engine keeps in float32 (TensorRT names layers after
-    ONNX nodes)."""
+    """Weakly typed targets only: the engine `precision`, and the graph's float32_nodes as the layers an fp16
+    engine keeps in float32 (TensorRT names layers after ONNX nodes)."""
     args = [f"--onnx={graph.file}", f"--saveEngine={engine_name(graph.file)}", f"--timingCacheFile={TIMING_CACHE}"]
-    if precision == "fp16":
+    if target.strongly_typed:
+        args.append("--stronglyTyped")
+    elif precision == "fp16":
         args.append("--fp16")
         if graph.float32_nodes:
             args += ["--precisionConstraints=obey",
@@ -40,6 +47,8 @@ def write_build_script(folder: Path, target: Target, graphs: Iterable[GraphRecor
     graphs = list(graphs)
     arguments = [trtexec_arguments(target, graph, precision) for graph in graphs]
     engines = ", ".join(engine_name(graph.file) for graph in graphs)
+    if target.strongly_typed:
+        precision = f"{precision}, strongly typed: the precision the graph's types state"
     lines = "\n".join(f'"$TRTEXEC" {shlex.join(args)}' for args in arguments)
     script = f"""#!/usr/bin/env bash
 # Builds {engines} ({precision}) on the target device: {target.summary}.

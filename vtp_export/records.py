@@ -50,6 +50,7 @@ class GraphRecord:
     lint: dict[str, Any] | None = None
     float32_nodes: list[str] = field(default_factory=list)
     tensorrt_parser: dict[str, Any] | None = None
+    precision: dict[str, Any] | None = None  # how the verified fp32 graph was lowered or quantized, and its fidelity
 
     def input(self, name: str) -> TensorSpec:
         return next(spec for spec in self.inputs if spec.name == name)

@@ -9,6 +9,10 @@ from vtp_export.registry import Registry
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8")
 FP8_MIN_SM = 89  # Ada and later
+BF16_MIN_SM = 80  # Ampere and later
+# First TensorRT whose ONNX parser takes BF16 and FP8 tensors (onnx-tensorrt docs/operators.md: 8.5 and 8.6
+# list DOUBLE, FLOAT32, FLOAT16, INT8, BOOL; 10.0 adds BFLOAT16, FP8, INT4).
+TENSORRT_BF16_FP8 = (10, 0)
 TENSORRT_MAX_TOPK_K = 3840  # TopK's largest K in TensorRT 8.5 and 10.x
 
 
@@ -29,7 +33,7 @@ class Target:
     gpu_arch: str | None = None  # "sm_87"
     jetpack: str | None = None
     tensorrt_min: str | None = None  # TensorRT versions the target ships, inclusive (major.minor)
-    tensorrt_max: str | None = None
+    tensorrt_max: str | None = None  # major.minor, or a major alone for every minor of it ("11": 11.x)
     workspace_mib: int | None = None
     dla: bool = False  # the device has DLA cores; these graphs run on the GPU
     max_topk_k: int = TENSORRT_MAX_TOPK_K
@@ -57,10 +61,16 @@ class Target:
         """Strongly typed networks exist from TensorRT 9 on."""
         return self.tensorrt_min is not None and version_tuple(self.tensorrt_min) >= (9,)
 
+    @property
+    def has_bf16_fp8_types(self) -> bool:
+        """The target's TensorRT parses BF16 and FP8 tensors (every version it ships)."""
+        return self.tensorrt_min is not None and version_tuple(self.tensorrt_min)[:2] >= TENSORRT_BF16_FP8
+
     def accepts_tensorrt(self, version: str) -> bool:
         """Whether an installed TensorRT `version` (x.y.z...) is one this target ships."""
         found = version_tuple(version)[:2]
-        return version_tuple(self.tensorrt_min) <= found <= version_tuple(self.tensorrt_max)
+        highest = version_tuple(self.tensorrt_max)
+        return version_tuple(self.tensorrt_min) <= found and found[:len(highest)] <= highest
 
     def as_record(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) not in (None, ())}

@@ -21,7 +21,7 @@ from vtp_export.methods import METHODS
 from vtp_export.methods.base import VisionFeatures
 from vtp_export.models import MODELS
 from vtp_export.random_inputs import random_input_ids, random_pixel_values
-from vtp_export.towers.clip import full_width_cls_attention, run_feature_layer
+from vtp_export.towers.clip import ClsAttentionRow, FullWidthClsRow, full_width_cls_attention, run_feature_layer
 from vtp_export.weights import RandomWeights
 
 TINY = MODELS.get("llava15-tiny")
@@ -47,9 +47,10 @@ def model_features(seed: int) -> VisionFeatures:
         x = tower.pre_layrnorm(tower.embeddings(pixel_values))
         for encoder_layer in tower.encoder.layers[:layer]:
             x = encoder_layer(x, None)
-        features = run_feature_layer(tower.encoder.layers[layer], x, with_attention=True)
+        features = run_feature_layer(tower.encoder.layers[layer], x, ClsAttentionRow())
         next_layer = tower.encoder.layers[layer + 1]
-        features.next_cls_attention, features.next_keys = full_width_cls_attention(next_layer, features.hidden)
+        features.next_cls_attention, features.next_keys = full_width_cls_attention(next_layer, features.hidden,
+                                                                                   FullWidthClsRow())
         patches = tower.post_layernorm(features.patches)
         features.clip_patch_embeds = stack.clip.visual_projection(patches)
         features.text_embeds = stack.clip.text(ids).text_embeds

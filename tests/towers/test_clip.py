@@ -8,7 +8,7 @@ from vtp_export.checkpoint import load_clip_text, load_vision_stack
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
 from vtp_export.random_inputs import random_input_ids, random_pixel_values
-from vtp_export.towers.clip import ClipTextEncoder, full_width_cls_attention
+from vtp_export.towers.clip import ClipTextEncoder, FullWidthClsRow, full_width_cls_attention
 from vtp_export.vision_graph import VisionGraph
 from vtp_export.weights import WeightsFolder, read_model_config
 
@@ -77,7 +77,7 @@ def test_next_layer_attention_is_prumerges_hooked_q_k(tiny_checkpoint):
     pixel_values = pixels(load_checkpoint(tiny_checkpoint).geometry, 2, 3)
     with torch.no_grad():
         hidden = hf.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states[-2]
-        attention, keys = full_width_cls_attention(last, hidden)
+        attention, keys = full_width_cls_attention(last, hidden, FullWidthClsRow())
     for hook in hooks:
         hook.remove()
     q, k = captured["q_proj"], captured["k_proj"]

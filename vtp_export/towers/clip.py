@@ -25,7 +25,26 @@ def build_clip_text(clip: CLIPConfig, source: WeightsSource) -> ClipText:
     return ClipText(clip, text, projection, source)
 
 
-def run_feature_layer(layer: nn.Module, x: Tensor, with_attention: bool) -> VisionFeatures:
+class ClsAttentionRow(nn.Module):
+    """softmax(q_cls . K^T * scale) per head in float32: the one attention row methods score by. A module of
+    its own so that its nodes carry a `scores` namespace, which reduced-precision graphs keep float32
+    (precision.float32_nodes)."""
+
+    def forward(self, q: Tensor, k: Tensor, scale: float) -> Tensor:
+        logits = (q[:, :, :1].float() @ k.float().transpose(-1, -2)) * scale
+        return torch.softmax(logits, dim=-1).squeeze(2)
+
+
+class FullWidthClsRow(nn.Module):
+    """softmax(q_cls . K^T * scale) in float32 with q_cls (B, 1, C) and K (B, 1+N, C) as one full-width head
+    (PruMerge's scores); a `scores` module like ClsAttentionRow."""
+
+    def forward(self, q_cls: Tensor, keys: Tensor, scale: float) -> Tensor:
+        logits = (q_cls.float() @ keys.float().transpose(-1, -2)) * scale
+        return torch.softmax(logits, dim=-1).squeeze(1)
+
+
+def run_feature_layer(layer: nn.Module, x: Tensor, scores: nn.Module | None) -> VisionFeatures:
     attention = layer.self_attn
     batch, length, width = x.shape
     heads, head_dim = attention.num_heads, attention.head_dim
@@ -35,19 +54,17 @@ def run_feature_layer(layer: nn.Module, x: Tensor, with_attention: bool) -> Visi
     mixed = F.scaled_dot_product_attention(q, k, v, scale=attention.scale)
     x = x + attention.out_proj(mixed.transpose(1, 2).reshape(batch, length, width))
     x = x + layer.mlp(layer.layer_norm2(x))
-    if not with_attention:
+    if scores is None:
         return VisionFeatures(hidden=x)
-    cls_logits = (q[:, :, :1].float() @ k.float().transpose(-1, -2)) * attention.scale
-    return VisionFeatures(hidden=x, cls_attention=torch.softmax(cls_logits, dim=-1).squeeze(2), keys=k)
+    return VisionFeatures(hidden=x, cls_attention=scores(q, k, attention.scale), keys=k)
 
 
-def full_width_cls_attention(layer: nn.Module, hidden: Tensor) -> tuple[Tensor, Tensor]:
+def full_width_cls_attention(layer: nn.Module, hidden: Tensor, scores: nn.Module) -> tuple[Tensor, Tensor]:
     """The CLS row of `layer`'s q/k taken as one head of the full width: ((B, 1+N) float32, keys (B, 1+N, C))."""
     h = layer.layer_norm1(hidden)
-    q_cls = layer.self_attn.q_proj(h[:, :1]).float()
+    q_cls = layer.self_attn.q_proj(h[:, :1])
     keys = layer.self_attn.k_proj(h)
-    logits = (q_cls @ keys.float().transpose(-1, -2)) * hidden.shape[-1] ** -0.5
-    return torch.softmax(logits, dim=-1).squeeze(1), keys
+    return scores(q_cls, keys, hidden.shape[-1] ** -0.5), keys
 
 
 class ClipFeatures(nn.Module):
@@ -61,12 +78,14 @@ class ClipFeatures(nn.Module):
         self.pre_layrnorm = tower.pre_layrnorm
         self.layers = nn.ModuleList(tower.encoder.layers[:layer])
         self.feature_layer = tower.encoder.layers[layer]
-        self.with_attention = bool(method.requires & {Signal.CLS_ATTENTION, Signal.KEYS, Signal.PATCH_SCORES})
+        if method.requires & {Signal.CLS_ATTENTION, Signal.KEYS, Signal.PATCH_SCORES}:
+            self.scores = ClsAttentionRow()
         if Signal.NEXT_LAYER in method.requires:
             if layer + 1 >= len(tower.encoder.layers):
                 raise ExportError(f"method {method.name} scores with the layer after the feature layer; "
                                   "this checkpoint's feature layer is its last")
             self.next_layer = tower.encoder.layers[layer + 1]
+            self.next_scores = FullWidthClsRow()
         if Signal.CLIP_TEXT in method.requires:
             if stack.clip is None:
                 raise ExportError(f"method {method.name} is text-conditioned but no CLIP text side was loaded")
@@ -81,12 +100,13 @@ class ClipFeatures(nn.Module):
         x = self.pre_layrnorm(self.embeddings(pixel_values))
         for encoder_layer in self.layers:
             x = encoder_layer(x, None)
-        return run_feature_layer(self.feature_layer, x, self.with_attention)
+        return run_feature_layer(self.feature_layer, x, getattr(self, "scores", None))
 
     def method_inputs(self, features: VisionFeatures, text_embeds: Tensor | None) -> VisionFeatures:
         """What the method needs beyond the feature layer: the next layer's scores, CLIP's joint space."""
         if hasattr(self, "next_layer"):
-            features.next_cls_attention, features.next_keys = full_width_cls_attention(self.next_layer, features.hidden)
+            features.next_cls_attention, features.next_keys = full_width_cls_attention(self.next_layer, features.hidden,
+                                                                                       self.next_scores)
         if hasattr(self, "visual_projection"):
             features.clip_patch_embeds = self.visual_projection(self.post_layernorm(features.patches))
             features.text_embeds = text_embeds
