@@ -172,6 +172,29 @@ class VisionLanguageModel:
         """The model's conversation template around one user turn (content holds the image placeholders)."""
         raise NotImplementedError
 
+    def text_positions(self, start: int, length: int) -> np.ndarray:
+        """Position ids of `length` text tokens from `start`: (length,), or (3, length) for M-RoPE models."""
+        import numpy as np
+
+        return np.arange(start, start + length, dtype=np.int64)
+
+    def image_positions(self, start: int, token_index: np.ndarray, geometry: Geometry,
+                        policy: str) -> tuple[np.ndarray, int]:
+        """Position ids of one image's kept tokens placed at `start`, and where the text after them starts.
+        sequential: the kept tokens numbered on (what LLaVA does); original: each token keeps the position
+        its source had among the image's unpruned tokens (crop by crop, raster order; CLS tokens and tokens
+        without a single source at the last one) and the text resumes after all of them (FastV / TensorRT
+        Edge-LLM style)."""
+        import numpy as np
+
+        kept = len(token_index)
+        if policy == "sequential":
+            return np.arange(start, start + kept, dtype=np.int64), start + kept
+        n = geometry.num_patches
+        crop, within = np.divmod(token_index, n + 1)  # token_index = crop * (N + 1) + encoder position
+        offsets = np.where((token_index >= 0) & (within >= 1), crop * n + within - 1, geometry.tokens_per_image - 1)
+        return (start + offsets).astype(np.int64), start + geometry.tokens_per_image
+
     def stand_in_tokenizer(self, config: Any) -> Any:
         """A byte-level tokenizer with the model's special-token layout, for random-weight LLMs (the text is
         noise, every id path runs)."""

@@ -189,30 +189,16 @@ class Pipeline:
         segments, cursor, position = [], 0, 0
         for slot, row in zip(slots, image_rows):
             text = ids[cursor:slot]
-            segments.append(Segment(np.arange(position, position + len(text)), token_ids=text))
+            segments.append(Segment(self.model.text_positions(position, len(text)), token_ids=text))
             position += len(text)
             valid = int(vision[NUM_VALID][row]) if NUM_VALID in vision else vision[IMAGE_EMBEDS].shape[1]
-            embeds = vision[IMAGE_EMBEDS][row, :valid]
-            if self.position_ids == "original":
-                positions = position + unpruned_offsets(vision[TOKEN_INDEX][row, :valid], self.geometry)
-                position += self.geometry.tokens_per_image
-            else:
-                positions = np.arange(position, position + valid)
-                position += valid
-            segments.append(Segment(positions.astype(np.int64), embeds=embeds))
+            positions, position = self.model.image_positions(position, vision[TOKEN_INDEX][row, :valid],
+                                                             self.geometry, self.position_ids)
+            segments.append(Segment(positions, embeds=vision[IMAGE_EMBEDS][row, :valid]))
             cursor = slot + 1
         text = ids[cursor:]
-        segments.append(Segment(np.arange(position, position + len(text)), token_ids=text))
+        segments.append(Segment(self.model.text_positions(position, len(text)), token_ids=text))
         return segments
-
-
-def unpruned_offsets(token_index: np.ndarray, geometry) -> np.ndarray:
-    """Where each kept token sat among the image's unpruned tokens (crop by crop, patches in raster order):
-    token_index = crop * (N + 1) + encoder position, patches at 1..N. CLS tokens and tokens without a single
-    source (-1) sit at the last unpruned position."""
-    n = geometry.num_patches
-    crop, within = np.divmod(token_index, n + 1)
-    return np.where((token_index >= 0) & (within >= 1), crop * n + within - 1, geometry.tokens_per_image - 1)
 
 
 def open_language_model(folder: Path, record: ExportRecord, llm: str | Path | None, llm_backend: str,
