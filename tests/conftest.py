@@ -47,3 +47,34 @@ def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> Path:
     return save_tiny_clip(tmp_path_factory.mktemp("clip-tiny"))
+
+
+NEXT = MODELS.get("llava-next-tiny")
+
+
+def save_tiny_llava_next(folder: Path, text: str = "llama", seed: int = 0) -> Path:
+    """A real HF LLaVA-NeXT checkpoint (random weights, byte-level tokenizer), Vicuna (llama) or Mistral text."""
+    from transformers import LlavaNextForConditionalGeneration
+
+    from transformers import MistralConfig
+
+    from vtp_export.models.llava15 import tiny_llama_text
+
+    torch.manual_seed(seed)
+    config = NEXT.default_config()
+    if text == "mistral":
+        settings = tiny_llama_text() | {"num_key_value_heads": 2, "sliding_window": None}
+        config.text_config = MistralConfig(**{k: v for k, v in settings.items() if k != "model_type"})
+    LlavaNextForConditionalGeneration(config).save_pretrained(folder)
+    NEXT.stand_in_tokenizer(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_next_checkpoint(tmp_path_factory, tiny_clip) -> Path:
+    """A tiny LLaVA-NeXT checkpoint with its CLIP model in clip/ (text-conditioned methods export from it)."""
+    import shutil
+
+    folder = save_tiny_llava_next(tmp_path_factory.mktemp("llava-next-tiny") / "llava")
+    shutil.copytree(tiny_clip, folder / "clip")
+    return folder

@@ -1,5 +1,6 @@
-"""Export round trips on llava15-tiny: golden graph signatures of the fp32 graphs, verification, the default
-fp16 graphs of a TensorRT target through the TensorRT parser and a CPU engine build."""
+"""Export round trips on the tiny models: golden graph signatures of the fp32 graphs (every method on every
+golden model, each also linted and parsed for Orin), verification, and on llava15-tiny the default fp16
+graphs of a TensorRT target through the TensorRT parser and a CPU engine build."""
 
 import hashlib
 import json
@@ -15,54 +16,63 @@ from vtp_export.graph_io import (
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
 from vtp_export.recipe import BUILD_SCRIPT
+from vtp_export.lint import lint_graph
 from vtp_export.signature import (
-    GOLDEN_KEEP, GOLDEN_MODEL, golden_exports, golden_path, golden_text_path, graph_signature, read_signature,
+    GOLDEN_KEEPS, golden_exports, golden_path, golden_text_path, graph_signature, read_signature,
 )
+from vtp_export.targets import TARGETS
+from vtp_export.tensorrt_check import check_with_tensorrt_parser
 from vtp_export.onnxruntime_sessions import onnxruntime_session
 from vtp_export.precision import graph_precision
 from vtp_export.random_inputs import random_pixel_values
 from vtp_export.weights import CLIP_SUBFOLDER
 
-GOLDEN = golden_exports(METHODS.names())
+TINY = "llava15-tiny"
+GOLDEN = {(model, name): spec for model in GOLDEN_KEEPS for name, spec in golden_exports(model).items()}
+TINY_GOLDEN = {name: spec for (model, name), spec in GOLDEN.items() if model == TINY}
 
 
-@pytest.fixture(scope="module", params=list(GOLDEN),
-                ids=lambda name: f"{name}-k{'all' if name == 'none' else GOLDEN_KEEP}-orin-build")
+@pytest.fixture(scope="module", params=list(TINY_GOLDEN), ids=lambda name: f"{name}-{TINY}-orin-build")
 def orin_export(request, tmp_path_factory):
     name = request.param
-    method, options = GOLDEN[name]
+    method, options, keep = TINY_GOLDEN[name]
     out = tmp_path_factory.mktemp("exports") / name
-    keep = None if method == "none" else GOLDEN_KEEP
-    export(ExportRequest(model=GOLDEN_MODEL, method=method, keep=keep, target="orin", out=out, method_options=options,
+    export(ExportRequest(model=TINY, method=method, keep=keep, target="orin", out=out, method_options=options,
                          tensorrt_check="build"))
     return name, out
 
 
-@pytest.fixture(scope="module", params=list(GOLDEN),
-                ids=lambda name: f"{name}-k{'all' if name == 'none' else GOLDEN_KEEP}-cpu")
+@pytest.fixture(scope="module", params=list(GOLDEN), ids=lambda key: f"{key[1]}-{key[0]}-cpu")
 def cpu_export(request, tmp_path_factory):
     """The fp32 graph of each golden export (what the golden signatures pin)."""
-    name = request.param
-    method, options = GOLDEN[name]
-    out = tmp_path_factory.mktemp("cpu-exports") / name
-    export(ExportRequest(model=GOLDEN_MODEL, method=method, keep=None if method == "none" else GOLDEN_KEEP,
-                         target="cpu", out=out, method_options=options, verify_samples=1))
-    return name, out
+    model, name = request.param
+    method, options, keep = GOLDEN[request.param]
+    out = tmp_path_factory.mktemp("cpu-exports") / f"{model}-{name}"
+    export(ExportRequest(model=model, method=method, keep=keep, target="cpu", out=out, method_options=options,
+                         verify_samples=1))
+    return model, name, out
 
 
 def test_signature_matches_golden(cpu_export):
-    name, out = cpu_export
-    method = GOLDEN[name][0]
+    model, name, out = cpu_export
+    method = GOLDEN[(model, name)][0]
     signature = graph_signature(out / VISION_ONNX)
     keep = signature["outputs"][1]["shape"][1]
-    assert signature == read_signature(golden_path(GOLDEN_MODEL, name, keep)), (
+    assert signature == read_signature(golden_path(model, name, keep)), (
         "graph changed: review, then run tools/update_graphs.py"
     )
     if METHODS.get(method).text_conditioned:
-        assert graph_signature(out / TEXT_ONNX) == read_signature(golden_text_path(GOLDEN_MODEL))
+        assert graph_signature(out / TEXT_ONNX) == read_signature(golden_text_path(model))
         assert [i["name"] for i in signature["inputs"]] == [PIXEL_VALUES, TEXT_EMBEDS]
     else:
         assert not (out / TEXT_ONNX).exists()
+
+
+def test_every_golden_graph_fits_tensorrt(cpu_export):
+    _, _, out = cpu_export
+    for path in sorted(out.glob("*.onnx")):
+        assert lint_graph(path, TARGETS.get("orin"))["passed"]
+        assert check_with_tensorrt_parser(path, build_engine=False)["layers"] > 0
 
 
 def test_graph_is_static_and_free_of_data_dependent_ops(orin_export):
@@ -76,7 +86,7 @@ def test_graph_is_static_and_free_of_data_dependent_ops(orin_export):
 
 def test_config_records_the_export(orin_export):
     name, out = orin_export
-    method = GOLDEN[name][0]
+    method = TINY_GOLDEN[name][0]
     config = json.loads((out / CONFIG_JSON).read_text())
     assert config["producer"] == "vtp-export" and config["method"]["name"] == method
     text_conditioned = METHODS.get(method).text_conditioned

@@ -5,7 +5,6 @@ Only the tensors of the exported part are read, one at a time, so a 7B checkpoin
 vision side alone. Which keys belong where is the adapter's (models/*.py `vision_key`).
 """
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,25 +16,7 @@ from vtp_export.errors import WeightsError
 from vtp_export.models.base import VisionLanguageModel, VisionStack
 from vtp_export.models.clip import ClipText, clip_text_key
 from vtp_export.towers.clip import build_clip_text
-from vtp_export.weights import RandomWeights, WeightsFolder, WeightsSource, read_clip_config
-
-
-def weight_files(folder: Path) -> list[Path]:
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as error:
-            raise WeightsError(f"{index} is corrupt: {error}") from None
-        files = [folder / name for name in names]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise WeightsError(f"{folder} is missing shard(s) named in its index: {', '.join(missing)}")
-        return files
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise WeightsError(f"{folder} has no *.safetensors weights (convert .bin checkpoints with save_pretrained)")
-    return files
+from vtp_export.weights import RandomWeights, WeightsFolder, WeightsSource, read_clip_config, weight_files
 
 
 def copy_tensors(folder: Path, slots: dict[str, torch.Tensor], target: Callable[[str], str | None], what: str) -> None:

@@ -13,19 +13,34 @@ from google.protobuf.message import DecodeError
 from vtp_export.errors import RecordError
 
 GRAPHS_DIR = Path(__file__).resolve().parent.parent / "graphs"
-# Every registered method has a golden signature for this model at this keep (`none` at its own N),
-# and so do the method variants whose graphs differ in structure.
-GOLDEN_MODEL = "llava15-tiny"
-GOLDEN_KEEP = 64
+# Every registered method a golden model supports has a golden signature of its fp32 graph at that model's
+# keep (`none` at its own N), and so do the method variants whose graphs differ in structure.
+GOLDEN_KEEPS = {"llava15-tiny": 64, "llava-next-tiny": 320}
 GOLDEN_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "holov-paper": ("holov", {"variant": "paper"}),
     "trim-iqr": ("trim", {"count": "iqr"}),
 }
 
 
-def golden_exports(methods: list[str]) -> dict[str, tuple[str, dict[str, str]]]:
-    """Golden name -> (method, method options), for the registered `methods` and the variants above."""
-    return {name: (name, {}) for name in methods} | GOLDEN_VARIANTS
+def golden_exports(model: str) -> dict[str, tuple[str, dict[str, str], int | None]]:
+    """Golden name -> (method, method options, keep) of every method and variant the model supports."""
+    from vtp_export.errors import UsageError
+    from vtp_export.methods import METHODS
+    from vtp_export.models import MODELS
+
+    adapter = MODELS.get(model)
+    geometry = adapter.geometry(adapter.default_config(), adapter.resolved_options({}))
+    candidates = {name: (name, {}) for name in METHODS.names()} | GOLDEN_VARIANTS
+    golden = {}
+    for name, (method, options) in candidates.items():
+        keep = None if method == "none" else GOLDEN_KEEPS[model]
+        try:
+            adapter.check_method(METHODS.get(method))
+            METHODS.get(method).create(geometry, keep, options)
+        except UsageError:  # the model refuses the method or this variant of it
+            continue
+        golden[name] = (method, options, keep)
+    return golden
 
 
 def value_signature(value: onnx.ValueInfoProto) -> dict:

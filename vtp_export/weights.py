@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from vtp_export.errors import WeightsError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from vtp_export.models.base import VisionLanguageModel
 
 # A checkpoint folder may carry its CLIP model (for text-conditioned methods) in this subfolder.
@@ -155,3 +157,37 @@ def read_clip_config(model: VisionLanguageModel, source: WeightsSource, config: 
         raise WeightsError(f"{source.path / 'config.json'} is not a valid CLIP config: {error}") from None
     check_clip_matches(clip_config, config, str(source.path))
     return clip_config
+
+
+def weight_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as error:
+            raise WeightsError(f"{index} is corrupt: {error}") from None
+        files = [folder / name for name in names]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise WeightsError(f"{folder} is missing shard(s) named in its index: {', '.join(missing)}")
+        return files
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise WeightsError(f"{folder} has no *.safetensors weights (convert .bin checkpoints with save_pretrained)")
+    return files
+
+
+def read_tensor(folder: Path, names: tuple[str, ...]) -> np.ndarray:
+    """The first of `names` found in the folder's safetensors, as numpy (no torch needed)."""
+    import numpy as np
+    from safetensors import SafetensorError, safe_open
+
+    for path in weight_files(folder):
+        try:
+            with safe_open(str(path), framework="np") as shard:
+                for name in names:
+                    if name in shard.keys():
+                        return np.asarray(shard.get_tensor(name), dtype=np.float32)
+        except (SafetensorError, OSError) as error:
+            raise WeightsError(f"corrupt weights file {path}: {error}") from None
+    raise WeightsError(f"{folder} has no {names[0]} tensor")

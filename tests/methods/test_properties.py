@@ -12,6 +12,11 @@ N = GEOMETRY.num_patches
 PRUNING = [name for name in METHODS.names() if name != "none"]
 
 
+# Each method's own limits on keep, and the refusal each gives.
+KEEP_LIMITS = {
+    ("prumerge", 1): "needs --keep >= 2", ("prumerge_plus", 1): "needs --keep >= 3",
+    **{("cdpruner", k): "its kernel has rank <= the LLM width 64" for k in (192, N - 1)},
+}
 # PruMerge+ appends its spatial lattice to the top-k without de-duplication, as the official code does.
 REPEATS_SOURCES = {"prumerge_plus"}
 
@@ -28,9 +33,10 @@ def run(name: str, keep: int | None, seed: int = 0, peaked: bool = False, batch:
 def test_static_shapes_and_valid_indices(name, keep, peaked):
     try:
         embeds, index, *_ = run(name, keep, seed=keep, peaked=peaked)
-    except UsageError as error:  # a method's own limit on keep (PruMerge needs 2+, CDPruner <= D)
-        assert f"--keep {keep}" in str(error) or "needs --keep >=" in str(error)
+    except UsageError as error:
+        assert KEEP_LIMITS.get((name, keep)) is not None and KEEP_LIMITS[(name, keep)] in str(error), str(error)
         return
+    assert (name, keep) not in KEEP_LIMITS, "this keep must be refused"
     assert embeds.shape == (3, keep, GEOMETRY.llm_width) and embeds.dtype == torch.float32
     assert index.shape == (3, keep) and index.dtype == torch.int64
     assert torch.isfinite(embeds).all()

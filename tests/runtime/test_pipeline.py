@@ -79,7 +79,7 @@ def hf_ids_with_pruning(hf, bundle, method_name: str, keep: int, image: np.ndarr
         valid = int(outputs[2][0]) if NUM_VALID in method.output_names else outputs[0].shape[1]
         image_embeds = outputs[0][0, :valid]
         tokenizer = AutoTokenizer.from_pretrained(bundle)
-        ids = tokenizer(LLAVA15.prompt(f"{IMAGE_TOKEN}\n{QUESTION}"), return_tensors="pt").input_ids[0]
+        ids = tokenizer(LLAVA15.prompt(f"{IMAGE_TOKEN}\n{QUESTION}", config), return_tensors="pt").input_ids[0]
         slot = int((ids == config.image_token_id).nonzero()[0])
         embed = hf.get_input_embeddings()
         inputs_embeds = torch.cat([embed(ids[:slot]), image_embeds, embed(ids[slot + 1:])]).unsqueeze(0)
@@ -103,7 +103,7 @@ def test_none_equals_unmodified_hf_llava_generate(bundle, hf, exports):
     pipe = Pipeline.from_dir(exports("none"))
     answer = pipe.answer(QUESTION, [picture(1)], max_new_tokens=NEW_TOKENS)
     tokenizer = AutoTokenizer.from_pretrained(bundle)
-    prompt = LLAVA15.prompt(IMAGE_TOKEN * 576 + "\n" + QUESTION)
+    prompt = LLAVA15.prompt(IMAGE_TOKEN * 576 + "\n" + QUESTION, hf.config)
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     pixel_values = torch.from_numpy(pipe.preprocess([picture(1)]))
     with torch.no_grad():

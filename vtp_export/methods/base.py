@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from vtp_export.errors import UsageError
 from vtp_export.graph_io import VISION_OUTPUTS
+from vtp_export.methods.ops import gather_rows, smallest_indices
 from vtp_export.models.base import Geometry, Signal
 
 
@@ -102,6 +103,8 @@ class PruningMethod(nn.Module):
         self.geometry = geometry
         self.keep = keep
         self.settings = {o.name: options.get(o.name, o.default) for o in self.options}
+        if geometry.crops > 1:
+            self.register_buffer("raster_keys", tile_raster_keys(geometry), persistent=False)
 
     @classmethod
     def output_tokens(cls, geometry: Geometry, keep: int | None) -> int:
@@ -152,8 +155,51 @@ class PruningMethod(nn.Module):
         return VISION_OUTPUTS
 
     def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, ...]:
-        """One tensor per name in output_names."""
+        """One tensor per name in output_names, per image. `features` holds one crop per batch row (B x crops
+        rows for LLaVA-NeXT's AnyRes crops, base first): the method selects in each crop, then the crops are
+        laid out as one image's sequence (arrange_crops)."""
+        outputs = self.select(features, projector)
+        return outputs if self.geometry.crops == 1 else self.arrange_crops(outputs)
+
+    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, ...]:
+        """The method on each batch row (one crop): (image_embeds (B', k, D), token_index (B', k)[, num_valid])."""
         raise NotImplementedError
+
+    def tile_groups(self) -> Tensor | None:
+        """(k,) the place in the tiles' layout of each of a crop's output slots: 0 (default for every slot) for
+        tokens laid out in full-grid raster order of their source patch, g >= 1 for tokens laid out after
+        them, group by group, tile by tile (VisionZip: its CLS and contextual tokens)."""
+        return None
+
+    def arrange_crops(self, outputs: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """Per-crop outputs (B x crops rows) -> one sequence per image, as the official LLaVA-NeXT paths of
+        CDPruner, VisPruner and FasterVLM lay it out (methods-spec.md): the base crop's tokens as the method
+        emits them, then the tiles' tokens in full-grid raster order of their source patch (tile (tr, tc),
+        patch (pr, pc) at row tr*g + pr, column tc*g + pc), tokens without a single patch source (CLS, merged,
+        padding) after those, tile by tile. token_index becomes crop * (N + 1) + encoder position."""
+        embeds, index, *extra = outputs
+        if extra:
+            raise ValueError(f"{self.name}: a data-dependent token count has no multi-crop layout")
+        g = self.geometry
+        crops, kept, width = g.crops, index.shape[1], embeds.shape[-1]
+        tiles = crops - 1
+        embeds = embeds.reshape(-1, crops, kept, width)
+        index = index.reshape(-1, crops, kept)
+        batch = index.shape[0]
+        tile_index = index[:, 1:]  # (B, T, k)
+        raster = self.raster_keys.unsqueeze(0).expand(batch, -1, -1).gather(2, tile_index.clamp(min=0))
+        groups = self.tile_groups()
+        groups = torch.zeros(kept, device=index.device) if groups is None else groups.to(index.device).float()
+        grid = g.tile_rows * g.tile_cols * g.num_patches
+        slot = torch.arange(tiles * kept, device=index.device).reshape(tiles, kept).float()
+        after = grid + (groups * tiles * kept).view(1, kept) + slot  # group, then tile, then slot
+        keys = torch.where((tile_index >= 1) & (groups == 0), raster, after.unsqueeze(0))
+        order = smallest_indices(keys.reshape(batch, tiles * kept), tiles * kept)
+        tile_embeds = gather_rows(embeds[:, 1:].reshape(batch, tiles * kept, width), order)
+        offsets = (torch.arange(crops, device=index.device) * (g.num_patches + 1)).view(1, crops, 1)
+        index = torch.where(index >= 0, index + offsets, index)
+        tile_index = index[:, 1:].reshape(batch, tiles * kept).gather(1, order)
+        return torch.cat([embeds[:, 0], tile_embeds], dim=1), torch.cat([index[:, 0], tile_index], dim=1)
 
     def recorded_options(self) -> dict[str, Any]:
         """Options as resolved for this export (defaults filled in), for config.json."""
@@ -164,6 +210,19 @@ class PruningMethod(nn.Module):
         export apart from the method's default one (in folder names and profile labels)."""
         defaults = type(self)(self.geometry, self.keep).recorded_options()
         return {k: v for k, v in self.recorded_options().items() if defaults.get(k) != v}
+
+
+def tile_raster_keys(geometry: Geometry) -> Tensor:
+    """(tiles, 1 + N) float32: the full-grid raster index of each tile's encoder position (patches 1..N;
+    position 0, CLS, has none: 0 here, never used)."""
+    g, cols = geometry.grid, geometry.tile_cols
+    keys = torch.zeros(geometry.crops - 1, geometry.num_patches + 1)
+    for tile in range(geometry.crops - 1):
+        tile_row, tile_col = divmod(tile, cols)
+        for patch in range(geometry.num_patches):
+            row, col = divmod(patch, g)
+            keys[tile, patch + 1] = (tile_row * g + row) * (cols * g) + tile_col * g + col
+    return keys
 
 
 def patch_positions(batch: int, count: int, device: torch.device) -> Tensor:

@@ -28,7 +28,7 @@ class FixedPositions(PruningMethod):
     def positions(self) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
         kept = self.kept.unsqueeze(0).expand(features.hidden.shape[0], -1)
         return projector(gather_rows(features.patches, kept)), kept + 1
 

@@ -40,6 +40,16 @@ def unit(x: Tensor) -> Tensor:
     return x / x.norm(dim=-1, keepdim=True)
 
 
+def image_min_max(relevance: Tensor, crops: int) -> tuple[Tensor, Tensor]:
+    """(B', 1) min and max of each row's image: over all of its crops together on LLaVA-NeXT (B' = B x crops
+    rows, base first), as the official code min-max normalises the whole (crops, N) tensor."""
+    if crops == 1:
+        return relevance.min(dim=-1, keepdim=True).values, relevance.max(dim=-1, keepdim=True).values
+    image = relevance.reshape(-1, crops * relevance.shape[-1])
+    return (image.min(dim=-1, keepdim=True).values.repeat_interleave(crops, dim=0),
+            image.max(dim=-1, keepdim=True).values.repeat_interleave(crops, dim=0))
+
+
 @METHODS.register("cdpruner")
 class CDPruner(PruningMethod):
     name = "cdpruner"
@@ -56,13 +66,13 @@ class CDPruner(PruningMethod):
                              f"{geometry.llm_width}, use 1..{geometry.llm_width}")
         return keep
 
-    def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
         projected = projector(features.patches)
         normalised = for_scoring(unit(projected))
         similarity = normalised @ normalised.transpose(1, 2)  # (B, N, N)
         relevance = -(unit(for_scoring(features.clip_patch_embeds)) @ unit(for_scoring(features.text_embeds)).unsqueeze(-1))
         relevance = relevance.squeeze(-1)
-        low, high = relevance.min(dim=-1, keepdim=True).values, relevance.max(dim=-1, keepdim=True).values
+        low, high = image_min_max(relevance, self.geometry.crops)
         relevance = (relevance - low + 1e-6) / (high - low)
         kernel = relevance.unsqueeze(2) * similarity * relevance.unsqueeze(1)
 

@@ -21,7 +21,7 @@ class DivPrune(PruningMethod):
     projects_all_tokens = True
     requires = frozenset()
 
-    def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
         projected = for_scoring(projector(features.patches))
         unit = projected / projected.norm(dim=-1, keepdim=True)
         distance = 1.0 - unit @ unit.transpose(1, 2)  # (B, N, N), symmetric

@@ -19,6 +19,6 @@ class FasterVLM(PruningMethod):
     reference = "Theia-4869/FasterVLM@f5d5f12"
     requires = frozenset({Signal.CLS_ATTENTION})
 
-    def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
         kept = sorted_ascending(top_indices(features.patch_attention(), self.keep))
         return projector(gather_rows(features.patches, kept)), kept + 1

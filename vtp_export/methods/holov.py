@@ -14,6 +14,12 @@ inside crops, softmax crop weights with temperature tau, overflow redistributed 
 rounds (q_c = min(q_c + floor(L w_c (M_c - q_c) / sum_c' w_c' (M_c' - q_c')), M_c), L what is left),
 the remaining shortfall filled by the highest-H undecided tokens. Always exactly keep tokens, raster order.
 The paper gives no tau value; the default 1.0 is ours.
+
+LLaVA-NeXT (obananas/HoloV llava/model/llava_arch.py, methods-spec.md): one budget K over the image's whole
+sequence, the base crop's patches then the tiles' in full-grid raster order, in C contiguous chunks as above,
+each token scored by its own crop's CLS attention row. The official code unpads that sequence by the image's
+size first (data-dependent); the static form keeps the fixed grid (identical for images of the grid's
+aspect). The paper variant is defined on one square patch grid and refuses AnyRes crops.
 """
 
 import math
@@ -49,6 +55,20 @@ def crop_layout(num_tokens: int, crops: int) -> list[list[int]]:
     return layout
 
 
+def anyres_sequence(geometry: Geometry) -> tuple[Tensor, Tensor]:
+    """HoloV's LLaVA-NeXT sequence, the base crop's patches then the tiles' in full-grid raster order: for each
+    sequence position the flat index crop * N + patch into the crops' patches, and its token_index."""
+    g, cols, n = geometry.grid, geometry.tile_cols, geometry.num_patches
+    order, token_index = list(range(n)), [p + 1 for p in range(n)]
+    for row in range(geometry.tile_rows * g):
+        for col in range(cols * g):
+            crop = 1 + (row // g) * cols + col // g
+            patch = (row % g) * g + col % g
+            order.append(crop * n + patch)
+            token_index.append(crop * (n + 1) + patch + 1)
+    return torch.tensor(order), torch.tensor(token_index)
+
+
 def spatial_crop_layout(grid: int, side: int) -> list[list[int]]:
     """side x side blocks of a grid x grid raster (block edges at floor(i * grid / side)), members in raster order."""
     edges = [i * grid // side for i in range(side + 1)]
@@ -71,11 +91,34 @@ class HoloV(PruningMethod):
         MethodOption("tau", float, 1.0, "paper variant: temperature of the softmax crop weights"),
     )
 
+    @classmethod
+    def output_tokens(cls, geometry: Geometry, keep: int | None) -> int:
+        """HoloV spends one budget over the image's whole sequence, whatever its crops: 1..crops*N-1."""
+        whole = geometry.tokens_per_image
+        if keep is None:
+            raise UsageError(f"method holov needs --keep (1..{whole - 1})")
+        if not 1 <= keep < whole:
+            raise UsageError(f"--keep {keep} is out of range for holov: the model has {whole} tokens per image, "
+                             f"use 1..{whole - 1}")
+        return keep
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.keep
+
     def __init__(self, geometry: Geometry, keep: int, **options: Any) -> None:
         super().__init__(geometry, keep, **options)
         crops, self.paper = self.settings["crops"], self.settings["variant"] == "paper"
-        if not 1 <= crops <= geometry.num_patches:
-            raise UsageError(f"method holov: crops={crops} must be in 1..{geometry.num_patches}")
+        length = geometry.tokens_per_image  # the sequence the budget is spent over
+        if not 1 <= crops <= length:
+            raise UsageError(f"method holov: crops={crops} must be in 1..{length}")
+        if self.paper and geometry.crops > 1:
+            raise UsageError("method holov: variant=paper is defined on one square patch grid; AnyRes crops take "
+                             "variant=reference (the official LLaVA-NeXT path)")
+        if geometry.crops > 1:
+            order, token_index = anyres_sequence(geometry)
+            self.register_buffer("sequence_order", order, persistent=False)
+            self.register_buffer("sequence_token_index", token_index, persistent=False)
         if self.paper:
             side = math.isqrt(crops)
             if side * side != crops or side > geometry.grid:
@@ -85,7 +128,7 @@ class HoloV(PruningMethod):
                 raise UsageError(f"method holov: tau={self.settings['tau']} must be positive")
             layout = spatial_crop_layout(geometry.grid, side)
         else:
-            layout = crop_layout(geometry.num_patches, crops)
+            layout = crop_layout(length, crops)
         width = max(len(r) for r in layout)
         sizes = torch.tensor([len(r) for r in layout])
         self.width = width
@@ -94,7 +137,7 @@ class HoloV(PruningMethod):
         self.register_buffer("valid", torch.arange(width) < sizes.unsqueeze(1), persistent=False)
         self.register_buffer("single", sizes <= 1, persistent=False)  # the official code scores these by mean attention
         slot_of_patch = {p: c * width + j for c, members in enumerate(layout) for j, p in enumerate(members)}
-        self.register_buffer("slot_of_patch", torch.tensor([slot_of_patch[p] for p in range(geometry.num_patches)]),
+        self.register_buffer("slot_of_patch", torch.tensor([slot_of_patch[p] for p in range(length)]),
                              persistent=False)  # flat (crop, slot) of each raster position
 
     def token_scores(self, tokens: Tensor, attention: Tensor) -> tuple[Tensor, Tensor]:
@@ -131,8 +174,22 @@ class HoloV(PruningMethod):
         return (allocated + (rank < remaining).to(torch.long)).clamp(min=0)
 
     def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
-        projected = for_scoring(projector(features.patches))
-        attention = features.patch_attention()
+        if self.geometry.crops == 1:
+            return self.select(features, projector)
+        crops, n = self.geometry.crops, self.geometry.num_patches
+        projected = for_scoring(projector(features.patches)).reshape(-1, crops * n, self.geometry.llm_width)
+        attention = features.patch_attention().reshape(-1, crops * n)
+        projected = projected[:, self.sequence_order]
+        embeds, index = self.spend(projected, attention[:, self.sequence_order])
+        token_index = self.sequence_token_index[(index - 1).clamp(min=0)]
+        return embeds, torch.where(index >= 1, token_index, index)
+
+    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+        return self.spend(for_scoring(projector(features.patches)), features.patch_attention())
+
+    def spend(self, projected: Tensor, attention: Tensor) -> tuple[Tensor, Tensor]:
+        """The budget over one sequence of projected tokens (B, L, D) with their attention (B, L):
+        (embeds (B, K, D), sequence position + 1 of each kept token, -1 on padding)."""
         batch, crops, width = projected.shape[0], self.members.shape[0], self.width
         flat_members = self.members.reshape(1, -1).expand(batch, -1)
         crop_tokens = gather_rows(projected, flat_members).reshape(batch, crops, width, -1)

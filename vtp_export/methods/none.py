@@ -23,6 +23,6 @@ class NoPruning(PruningMethod):
                              f"--keep {geometry.tokens_per_image}")
         return geometry.num_patches
 
-    def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
         patches = features.patches
         return projector(patches), patch_positions(patches.shape[0], patches.shape[1], patches.device)

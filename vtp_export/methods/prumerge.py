@@ -55,7 +55,7 @@ class PruneMerge(PruningMethod):
     def kept_positions(self, attention: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
         patches = features.patches
         attention = features.next_cls_attention[:, 1:]  # (B, N)
         keys = features.next_keys[:, 1:]

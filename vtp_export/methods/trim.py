@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vtp_export.errors import UsageError
 from vtp_export.graph_io import NUM_VALID, NO_SOURCE, VISION_OUTPUTS
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import MethodOption, PruningMethod, VisionFeatures
@@ -60,12 +61,15 @@ class Trim(PruningMethod):
     def __init__(self, geometry: Geometry, keep: int, **options: Any) -> None:
         super().__init__(geometry, keep, **options)
         self.adaptive = self.settings["count"] == "iqr"
+        if self.adaptive and geometry.crops > 1:
+            raise UsageError("method trim: count=iqr gives each crop its own data-dependent count, which has no "
+                             "static multi-crop layout; use count=fixed with AnyRes crops")
 
     @property
     def output_names(self) -> tuple[str, ...]:
         return (*VISION_OUTPUTS, NUM_VALID) if self.adaptive else VISION_OUTPUTS
 
-    def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, ...]:
+    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, ...]:
         patches = features.patches
         batch, num_patches = patches.shape[0], self.geometry.num_patches
         similarity = (features.clip_patch_embeds @ features.text_embeds.unsqueeze(-1)).squeeze(-1)

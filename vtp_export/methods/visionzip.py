@@ -1,7 +1,9 @@
 """VisionZip: dominant tokens by [CLS] attention plus contextual tokens merged by key similarity.
 
-Reference: dvlab-research/VisionZip @3151f6d, visionzip/clip_encoder.py (methods-spec.md, "VisionZip").
-Parity: tests/methods/test_parity.py::test_visionzip.
+Reference: dvlab-research/VisionZip @3151f6d, visionzip/clip_encoder.py, and visionzip/llava_arch.py for
+LLaVA-NeXT (methods-spec.md, "VisionZip"). Parity: tests/methods/test_parity.py::test_visionzip,
+tests/methods/test_parity_next.py::test_visionzip. On LLaVA-NeXT each crop keeps K / crops tokens, split
+by the LLaVA-1.5 rule (the repository has no NeXT split; its authors apply VisionZip to each crop).
 """
 
 from typing import Any
@@ -54,7 +56,15 @@ class VisionZip(PruningMethod):
         self.register_buffer("targets", torch.tensor(targets, dtype=torch.long), persistent=False)
         self.register_buffer("members", torch.tensor(members, dtype=torch.long), persistent=False)
 
-    def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+    def tile_groups(self) -> Tensor:
+        """The official LLaVA-NeXT layout (visionzip/llava_arch.py restore_image_features_sorted): the tiles'
+        dominant patches in full-grid raster order, then the tiles' CLS tokens, then their contextual tokens."""
+        groups = torch.zeros(self.keep)
+        groups[0] = 1
+        groups[self.dominant:] = 2
+        return groups
+
+    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
         hidden = features.hidden
         batch = hidden.shape[0]
         scores = features.cls_attention[:, :, 1:].sum(dim=1)

@@ -58,7 +58,7 @@ class VisPruner(PruningMethod):
         self.important = int(keep * ratio)
         self.drops = round_drops(geometry.num_patches - self.important, keep - self.important)
 
-    def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
         patches = features.patches
         order = top_indices(features.patch_attention(), patches.shape[1])
         important, residual = order[:, :self.important], order[:, self.important:]

@@ -168,8 +168,9 @@ class VisionLanguageModel:
         """PIL images -> pixel_values as the vision graph takes them, with the HF processor's own code."""
         raise NotImplementedError
 
-    def prompt(self, content: str) -> str:
-        """The model's conversation template around one user turn (content holds the image placeholders)."""
+    def prompt(self, content: str, config: Any) -> str:
+        """The model's conversation template around one user turn (content holds the image placeholders), for
+        the checkpoint of `config`."""
         raise NotImplementedError
 
     def text_positions(self, start: int, length: int) -> np.ndarray:

@@ -91,7 +91,7 @@ class Llava15(VisionLanguageModel):
     def preprocess(self, images: list, geometry: Geometry) -> np.ndarray:
         return clip_preprocess(images, geometry.image_height)
 
-    def prompt(self, content: str) -> str:
+    def prompt(self, content: str, config: Any) -> str:
         return f"USER: {content} ASSISTANT:"  # llava-hf's LLaVA-1.5 conversation template
 
     def stand_in_tokenizer(self, config: Any) -> Any:

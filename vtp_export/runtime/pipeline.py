@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,12 +24,17 @@ from vtp_export.runtime.backends import VisionBackend, open_backend
 from vtp_export.runtime.images import ImageInput, load_image
 from vtp_export.runtime.llm import LLM_BACKENDS, LanguageModelBackend, Segment
 from vtp_export.runtime.tokenizer import clip_input_ids, load_tokenizer, stand_in_clip_tokenizer
-from vtp_export.weights import WeightsFolder
+from vtp_export.weights import WeightsFolder, read_model_config, read_tensor
+
+IMAGE_SIZES = "image_sizes"  # (height, width) of each original image, beside the vision graph's outputs
 
 # sequential: positions 0..T-1 over the pruned sequence (what LLaVA does); original: image tokens keep the
 # position of their source patch and the text after the image continues as if all its tokens were there
-# (FastV / TensorRT Edge-LLM style).
+# (FastV / TensorRT Edge-LLM style). See VisionLanguageModel.image_positions.
 POSITION_POLICIES = ("sequential", "original")
+# static: the vision graph's tokens as they are; hf: AnyRes models' unpruned tokens unpadded by the image's size
+# with image_newline after every grid row, as HF's pack_image_features (to prove the pipeline equals HF).
+LAYOUTS = ("static", "hf")
 
 OnText = Callable[[int, str], None]  # (request index, new text), as tokens are generated
 
@@ -47,21 +53,24 @@ class Answer:
 
 
 class Pipeline:
-    def __init__(self, folder: Path, record: ExportRecord, backend: VisionBackend, llm: LanguageModelBackend,
-                 clip_tokenizer, position_ids: str) -> None:
-        self.folder, self.record, self.backend, self.llm = folder, record, backend, llm
+    def __init__(self, folder: Path, record: ExportRecord, config: Any, backend: VisionBackend,
+                 llm: LanguageModelBackend, clip_tokenizer, position_ids: str, newline: np.ndarray | None = None) -> None:
+        self.folder, self.record, self.config, self.backend, self.llm = folder, record, config, backend, llm
         self.model = MODELS.get(record.model.name)
         self.geometry = record.model.geometry
         self.clip_tokenizer, self.position_ids = clip_tokenizer, position_ids
+        self.newline = newline  # layout="hf": the checkpoint's image_newline
 
     @classmethod
     def from_dir(cls, folder: str | Path, llm: str | Path | LanguageModelBackend | None = None,
                  backend: str | None = None, llm_backend: str = "transformers", position_ids: str = "sequential",
-                 llm_layers: int | None = None, device: str = "cpu", dtype: str = "float32") -> "Pipeline":
+                 llm_layers: int | None = None, device: str = "cpu", dtype: str = "float32",
+                 layout: str = "static") -> "Pipeline":
         """llm: None for the checkpoint the export came from (seeded random weights for random exports, cut
         to llm_layers where given), a HF checkpoint folder (transformers) or GGUF file (llama.cpp), or a
         backend object. backend: None (a matching TensorRT engine, else onnxruntime), "onnxruntime",
-        "tensorrt" or "torch". llm_backend: "transformers" or "llama.cpp" (a GGUF from `vtp-export llm`)."""
+        "tensorrt" or "torch". llm_backend: "transformers" or "llama.cpp" (a GGUF from `vtp-export llm`).
+        layout: "static", or "hf" for an unpruned AnyRes export (see LAYOUTS)."""
         folder = Path(folder)
         if position_ids not in POSITION_POLICIES:
             raise PipelineError(f"position_ids={position_ids!r} is not one of {', '.join(POSITION_POLICIES)}")
@@ -71,19 +80,21 @@ class Pipeline:
             raise PipelineError(f"llm_layers={llm_layers} must be at least 1")
         try:
             record = read_export(folder)
+            config = read_model_config(MODELS.get(record.model.name), record.model.weights)
         except VtpError as error:
             raise PipelineError(str(error)) from None
         if record.method.text_conditioned and "text" not in record.graphs:
             raise PipelineError(f"{folder}: {record.method.name} is text-conditioned but the export has no text graph")
+        newline = hf_layout_newline(folder, record, layout)
         language_model = llm if not isinstance(llm, (str, Path, type(None))) else \
-            open_language_model(folder, record, llm, llm_backend, llm_layers, device, dtype)
+            open_language_model(folder, record, config, llm, llm_backend, llm_layers, device, dtype)
         clip_tokenizer = None
         if record.method.text_conditioned:
             text_weights = record.model.text_weights
             clip_tokenizer = load_tokenizer(text_weights.path if isinstance(text_weights, WeightsFolder) else None,
                                             lambda: stand_in_clip_tokenizer(record.model.text_vocab_size))
         vision = open_backend(folder, record, backend)
-        return cls(folder, record, vision, language_model, clip_tokenizer, position_ids)
+        return cls(folder, record, config, vision, language_model, clip_tokenizer, position_ids, newline)
 
     def __enter__(self) -> "Pipeline":
         return self
@@ -158,7 +169,8 @@ class Pipeline:
         """Run the vision graph over all images in chunks of its batch size; outputs stacked per image."""
         if not images:
             return {}
-        pixels = self.preprocess(images)
+        loaded = [load_image(image) for image in images]
+        pixels = self.model.preprocess(loaded, self.geometry)
         chunk = self.record.graphs["vision"].batch or len(images)
         text_embeds = self.text_embeds(questions) if self.clip_tokenizer is not None else None
         outputs: dict[str, list[np.ndarray]] = {}
@@ -171,7 +183,9 @@ class Pipeline:
             kept = min(chunk, len(images) - start)
             for name, value in result.items():
                 outputs.setdefault(name, []).append(value[:kept])
-        return {name: np.concatenate(parts) for name, parts in outputs.items()}
+        stacked = {name: np.concatenate(parts) for name, parts in outputs.items()}
+        stacked[IMAGE_SIZES] = np.array([(image.height, image.width) for image in loaded])
+        return stacked
 
     def text_embeds(self, questions: list[str]) -> np.ndarray:
         graph = self.record.graphs["text"]
@@ -184,7 +198,7 @@ class Pipeline:
 
     def segments(self, content: str, vision: dict[str, np.ndarray], image_rows: range) -> list[Segment]:
         """The prompt as text and image segments with their position ids."""
-        ids = np.array(self.llm.tokenize(self.model.prompt(content)), dtype=np.int64)
+        ids = np.array(self.llm.tokenize(self.model.prompt(content, self.config)), dtype=np.int64)
         slots = np.flatnonzero(ids == self.llm.image_token_id).tolist()
         segments, cursor, position = [], 0, 0
         for slot, row in zip(slots, image_rows):
@@ -192,16 +206,38 @@ class Pipeline:
             segments.append(Segment(self.model.text_positions(position, len(text)), token_ids=text))
             position += len(text)
             valid = int(vision[NUM_VALID][row]) if NUM_VALID in vision else vision[IMAGE_EMBEDS].shape[1]
-            positions, position = self.model.image_positions(position, vision[TOKEN_INDEX][row, :valid],
-                                                             self.geometry, self.position_ids)
-            segments.append(Segment(positions, embeds=vision[IMAGE_EMBEDS][row, :valid]))
+            embeds = vision[IMAGE_EMBEDS][row, :valid]
+            if self.newline is not None:
+                embeds = self.model.hf_layout(embeds, tuple(vision[IMAGE_SIZES][row]), self.geometry, self.newline)
+                positions, position = np.arange(position, position + len(embeds)), position + len(embeds)
+            else:
+                positions, position = self.model.image_positions(position, vision[TOKEN_INDEX][row, :valid],
+                                                                 self.geometry, self.position_ids)
+            segments.append(Segment(positions, embeds=embeds))
             cursor = slot + 1
         text = ids[cursor:]
         segments.append(Segment(self.model.text_positions(position, len(text)), token_ids=text))
         return segments
 
 
-def open_language_model(folder: Path, record: ExportRecord, llm: str | Path | None, llm_backend: str,
+def hf_layout_newline(folder: Path, record: ExportRecord, layout: str) -> np.ndarray | None:
+    """The image_newline of the export's checkpoint where layout="hf" (checked to be possible), else None."""
+    if layout not in LAYOUTS:
+        raise PipelineError(f"layout={layout!r} is not one of {', '.join(LAYOUTS)}")
+    if layout == "static":
+        return None
+    if record.model.geometry.crops == 1 or record.method.name != "none":
+        raise PipelineError("layout='hf' lays out the unpruned tokens of an AnyRes model (llava-next, method none); "
+                            f"this export is {record.model.name} with {record.method.name}")
+    if not isinstance(record.model.weights, WeightsFolder):
+        raise PipelineError("layout='hf' needs the checkpoint's image_newline; this export has random weights")
+    try:
+        return read_tensor(record.model.weights.path, ("image_newline", "model.image_newline"))
+    except VtpError as error:
+        raise PipelineError(str(error)) from None
+
+
+def open_language_model(folder: Path, record: ExportRecord, config: Any, llm: str | Path | None, llm_backend: str,
                         llm_layers: int | None, device: str, dtype: str) -> LanguageModelBackend:
     """The LLM backend: llama.cpp on a GGUF (the export's own from `vtp-export llm`, or `llm`), or transformers
     on `llm`, the export's checkpoint, or seeded random weights for random-weight exports."""
@@ -221,6 +257,4 @@ def open_language_model(folder: Path, record: ExportRecord, llm: str | Path | No
             raise PipelineError("--llm-layers cuts a random LLM; this export's LLM comes from a checkpoint")
         return TransformersLanguageModel.from_checkpoint(model, Path(llm or weights.path), record.model.geometry,
                                                          device, dtype)
-    from vtp_export.weights import read_model_config
-
-    return TransformersLanguageModel.random(model, read_model_config(model, weights), weights.seed, llm_layers, device)
+    return TransformersLanguageModel.random(model, config, weights.seed, llm_layers, device)

@@ -113,6 +113,26 @@ class ClipFeatures(nn.Module):
         return features
 
 
+class AnyResCrops(nn.Module):
+    """pixel_values (B, crops, 3, S, S) [, text_embeds (B, P)] -> the crops through `features` as one batch of
+    B x crops rows (base first within each image), each crop with its image's question."""
+
+    def __init__(self, features: ClipFeatures, crops: int) -> None:
+        super().__init__()
+        self.features, self.crops = features, crops
+
+    def forward(self, pixel_values: Tensor, text_embeds: Tensor | None = None) -> VisionFeatures:
+        return self.method_inputs(self.tower_features(pixel_values), text_embeds)
+
+    def tower_features(self, pixel_values: Tensor) -> VisionFeatures:
+        return self.features.tower_features(pixel_values.flatten(0, 1))
+
+    def method_inputs(self, features: VisionFeatures, text_embeds: Tensor | None) -> VisionFeatures:
+        if text_embeds is not None:
+            text_embeds = text_embeds.repeat_interleave(self.crops, dim=0)
+        return self.features.method_inputs(features, text_embeds)
+
+
 class ClipTextEncoder(nn.Module):
     """input_ids (B, L) int64 -> text_embeds (B, P): CLIP's text tower and projection, pooled at the EOS.
 

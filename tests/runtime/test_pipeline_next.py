@@ -1,0 +1,124 @@
+"""The runtime on llava-next-tiny against HF LlavaNextForConditionalGeneration: the same greedy ids for every
+method with the same pruning applied in PyTorch, and the unpruned model in HF's layout equal to unmodified HF
+generate from pixels."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, LlavaNextForConditionalGeneration
+
+from vtp_export.checkpoint import load_clip_text, load_vision_stack
+from vtp_export.errors import PipelineError
+from vtp_export.exporter import ExportRequest, export
+from vtp_export.methods import METHODS
+from vtp_export.models import MODELS
+from vtp_export.runtime import Pipeline
+from vtp_export.runtime.tokenizer import clip_input_ids
+from vtp_export.towers.clip import ClipTextEncoder
+from vtp_export.vision_graph import VisionGraph
+from vtp_export.weights import WeightsFolder, read_model_config
+
+NEXT = MODELS.get("llava-next")
+QUESTION = "What is in the picture?"
+NEW_TOKENS = 6
+KEEP = 40  # 8 tokens of each of the 5 crops
+
+
+def picture(seed: int = 0, size=(300, 240)) -> np.ndarray:
+    return (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_next_checkpoint):
+    model = LlavaNextForConditionalGeneration.from_pretrained(tiny_next_checkpoint).eval()
+    model.config.image_grid_pinpoints = [[672, 672]]  # the export's fixed 2x2 grid
+    return model
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_next_checkpoint, tmp_path_factory):
+    root = tmp_path_factory.mktemp("next-exports")
+
+    def exported(method: str):
+        out = root / method
+        if not out.exists():
+            export(ExportRequest(model="llava-next", method=method, keep=None if method == "none" else KEEP,
+                                 target="cpu", weights=tiny_next_checkpoint, out=out, verify_samples=1))
+        return out
+
+    return exported
+
+
+def hf_ids_with_pruning(hf, checkpoint, method_name: str, image: np.ndarray) -> list[int]:
+    """HF generate() on inputs_embeds whose image part is the PyTorch pruning of the crops' features."""
+    config = read_model_config(NEXT, WeightsFolder(checkpoint))
+    stack = load_vision_stack(NEXT, config, {}, WeightsFolder(checkpoint))
+    method = METHODS.get(method_name).create(stack.geometry, KEEP, {})
+    pixel_values = torch.from_numpy(NEXT.preprocess([Image.fromarray(image)], stack.geometry))
+    if method.text_conditioned:
+        stack.clip = load_clip_text(NEXT, config, WeightsFolder(checkpoint / "clip"))
+    graph = VisionGraph(NEXT, stack, method)
+    with torch.no_grad():
+        if method.text_conditioned:
+            ids = clip_input_ids(AutoTokenizer.from_pretrained(checkpoint / "clip"), [QUESTION], 77)
+            image_embeds = graph(pixel_values, ClipTextEncoder(stack.clip)(torch.from_numpy(ids)))[0][0]
+        else:
+            image_embeds = graph(pixel_values)[0][0]
+        ids = AutoTokenizer.from_pretrained(checkpoint)(NEXT.prompt(f"<image>\n{QUESTION}", config),
+                                                        return_tensors="pt").input_ids[0]
+        slot = int((ids == config.image_token_id).nonzero()[0])
+        embed = hf.get_input_embeddings()
+        inputs_embeds = torch.cat([embed(ids[:slot]), image_embeds, embed(ids[slot + 1:])]).unsqueeze(0)
+        generated = hf.generate(inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2]),
+                                max_new_tokens=NEW_TOKENS, do_sample=False)
+    return generated[0].tolist()
+
+
+@pytest.mark.parametrize("method", ["fastervlm", "visionzip", "holov", "cdpruner", "trim", "divprune", "prumerge",
+                                    "vispruner", "uniform"])
+def test_greedy_ids_equal_hf_with_the_same_pruning(method, hf, tiny_next_checkpoint, exports):
+    backend = "onnxruntime" if METHODS.get(method).exact_selection else "torch"
+    with Pipeline.from_dir(exports(method), backend=backend) as pipe:
+        answer = pipe.answer(QUESTION, [picture()], max_new_tokens=NEW_TOKENS)
+    assert answer.image_tokens == [KEEP]
+    assert answer.token_ids == hf_ids_with_pruning(hf, tiny_next_checkpoint, method, picture())
+
+
+@pytest.mark.parametrize("size", [(300, 240), (336, 336)])
+def test_unpruned_in_hfs_layout_equals_unmodified_hf_generate(hf, tiny_next_checkpoint, exports, size):
+    image = picture(1, size)
+    with Pipeline.from_dir(exports("none"), layout="hf") as pipe:
+        answer = pipe.answer(QUESTION, [image], max_new_tokens=NEW_TOKENS)
+        pixel_values = torch.from_numpy(pipe.preprocess([image]))
+    image_sizes = torch.tensor([[size[1], size[0]]])
+    with torch.no_grad():
+        features = hf.model.get_image_features(pixel_values, image_sizes).pooler_output[0]
+        tokenizer = AutoTokenizer.from_pretrained(tiny_next_checkpoint)
+        prompt = NEXT.prompt("<image>" * len(features) + "\n" + QUESTION, hf.config)
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        reference = hf.generate(input_ids=ids, pixel_values=pixel_values, image_sizes=image_sizes,
+                                max_new_tokens=NEW_TOKENS, do_sample=False)
+    assert answer.image_tokens == [len(features)] and len(features) != 5 * 576
+    assert answer.token_ids == reference[0, ids.shape[1]:].tolist()
+
+
+def test_hf_layout_is_only_for_the_unpruned_anyres_model(exports, tmp_path):
+    with pytest.raises(PipelineError, match="layout='hf' lays out the unpruned tokens"):
+        Pipeline.from_dir(exports("fastervlm"), layout="hf")
+    random = export(ExportRequest(model="llava-next-tiny", method="none", target="cpu", out=tmp_path / "e",
+                                  verify_samples=1))
+    with pytest.raises(PipelineError, match="needs the checkpoint's image_newline"):
+        Pipeline.from_dir(random, layout="hf")
+
+
+def test_mistral_layout_uses_its_template(tmp_path):
+    from tests.conftest import save_tiny_llava_next
+
+    checkpoint = save_tiny_llava_next(tmp_path / "mistral", "mistral")
+    out = export(ExportRequest(model="llava-next", method="fastervlm", keep=KEEP, target="cpu", weights=checkpoint,
+                               out=tmp_path / "e", verify_samples=1))
+    hf = LlavaNextForConditionalGeneration.from_pretrained(checkpoint).eval()
+    with Pipeline.from_dir(out) as pipe:
+        answer = pipe.answer(QUESTION, [picture(2)], max_new_tokens=NEW_TOKENS)
+    assert answer.token_ids == hf_ids_with_pruning(hf, checkpoint, "fastervlm", picture(2))
