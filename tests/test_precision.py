@@ -237,3 +237,20 @@ def test_apply_precision_on_jetpack5_leaves_fp16_to_the_builder(fp32_graph, tmp_
     path = copy_graph(fp32_graph[0], tmp_path)
     record = apply_precision(path, "fp16", TARGETS.get("jetpack5-orin"), float32_nodes(path))
     assert record["graph"] == "fp32" and graph_precision(path) == "fp32"
+
+
+def test_float32_nodes_are_the_score_path(fp32_graph):
+    """The pruning method's nodes but its projector, the tower's score modules, and normalisations."""
+    path, _, _ = fp32_graph
+    model = onnx.load(str(path), load_external_data=False)
+    keep = set(float32_nodes(path))
+    namespace = {n.name: next(p.value for p in n.metadata_props if p.key == "namespace") for n in model.graph.node}
+    for node in model.graph.node:
+        modules = [part.split(":")[0].rsplit(".", 1)[-1] for part in namespace[node.name].split("/")[1:]]
+        in_method = "method" in modules and "projector" not in modules
+        expected = in_method or "scores" in modules or node.op_type in ("LayerNormalization", "Softmax")
+        if expected:
+            assert node.name in keep, (node.name, namespace[node.name])
+    tower_matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and ".layers." in namespace[n.name]]
+    assert tower_matmuls and not keep & set(tower_matmuls), "the tower's matmuls run in the low precision"
+    assert any("projector" in namespace[name] for name in namespace if name not in keep)

@@ -73,3 +73,11 @@ def test_bad_target_files_are_refused(tmp_path, body, message):
     path.write_text(body)
     with pytest.raises(ValueError, match=message):
         load_target(path)
+
+
+def test_a_target_is_named_like_its_file(tmp_path):
+    path = tmp_path / "other.toml"
+    path.write_text(BASE + 'precisions = ["fp16"]\ndefault_precision = "fp16"\ngpu_arch = "sm_87"\n'
+                           'tensorrt_min = "10.3"\ntensorrt_max = "10.3"\n')
+    with pytest.raises(ValueError, match="name 'bad' differs from the file name 'other'"):
+        load_target(path)
