@@ -102,6 +102,8 @@ def test_compare_matches_label_tokens_and_stage():
     (["--model", "llava15-tiny", "--method", "holov", "--keep", "64", "--new-tokens", "1"], "use 2 or more"),
     (["--model", "llava15-tiny", "--method", "holov", "--keep", "64", "--new-tokens", "0"], "use 2 or more"),
     (["--model", "llava15-tiny", "--method", "holov:crops", "--keep", "64"], "options go as method:key=value"),
+    (["--model", "llava15-tiny", "--method", "holov", "--keep", "64", "--llm-backend", "llama.cpp"],
+     "a sweep's scratch exports have no GGUF: with --llm-backend llama.cpp pass --llm FILE.gguf"),
 ])
 def test_bad_profile_requests_fail_before_any_export(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

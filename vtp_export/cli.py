@@ -10,7 +10,7 @@ from pathlib import Path
 from vtp_export.errors import Interrupted, UsageError, VtpError
 from vtp_export.output_folder import check_writable
 
-COMMANDS = ("export", "build", "lint", "run", "profile", "models", "methods", "targets")
+COMMANDS = ("export", "build", "lint", "run", "profile", "llm", "models", "methods", "targets")
 LISTINGS = ("models", "methods", "targets")
 DEBUG_ENV = "VTP_EXPORT_DEBUG"
 
@@ -201,6 +201,9 @@ def run_profile(argv: Sequence[str]) -> int:
     else:
         if not (args.model and args.method and args.keep):
             raise UsageError("profile needs export folders, or --model, --method and --keep for a sweep")
+        if args.llm_backend == "llama.cpp" and args.llm is None:
+            raise UsageError("a sweep's scratch exports have no GGUF: with --llm-backend llama.cpp pass --llm "
+                             "FILE.gguf (from vtp-export llm DIR --format gguf on an export of the same model)")
         model_options = {k: v for k, v in (("grid", args.grid), ("image_size", args.image_size)) if v}
         requests = profiling.sweep_plan(args.model, profiling.parse_methods(args.method),
                                         profiling.parse_keeps(args.keep), args.target, weights=args.weights,
@@ -210,6 +213,27 @@ def run_profile(argv: Sequence[str]) -> int:
     written = profiling.write_report(report, args.out, args.replace)
     print(profiling.table(report))
     print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+def run_llm(argv: Sequence[str]) -> int:
+    from vtp_export.gguf_export import QUANTS, export_llm
+
+    p = Parser(prog="vtp-export llm", description="Convert the LLM of an export folder (the checkpoint it came "
+               "from, or its seeded random weights) to a file llama.cpp runs on the device: DIR/llm-QUANT.gguf, "
+               "recorded in DIR/config.json in place of any earlier one.")
+    p.add_argument("folder", type=Path, help="export folder written by vtp-export")
+    p.add_argument("--format", required=True, choices=("gguf",), help="file format (gguf: llama.cpp)")
+    p.add_argument("--quant", default="f16", choices=QUANTS, help="weights: f32, f16 (default), or llama.cpp's "
+                   "q8_0 / q4_k_m quantization of the f16 file")
+    p.add_argument("--llm", type=Path, help="HF checkpoint folder of the LLM (default: the export's checkpoint)")
+    p.add_argument("--llm-layers", type=int, help="random-weight exports: cut the random LLM to this many decoder "
+                   "layers (as run/profile --llm-layers)")
+    args = p.parse_args(argv)
+    written = export_llm(args.folder, args.quant, args.llm, args.llm_layers)
+    print(f"wrote {args.folder / written.file}: {written.quant}, {written.bytes / 2**20:.1f} MiB, "
+          f"{written.n_layer} layers x {written.n_embd}, {written.n_vocab} tokens ({written.tokenizer} tokenizer), "
+          f"sha256 {written.sha256[:16]}...")
     return 0
 
 
@@ -321,7 +345,8 @@ def dispatch(argv: Sequence[str]) -> int:
         command, rest = "export", argv
     if command in LISTINGS:
         return run_listing(command, rest)
-    commands = {"export": run_export, "build": run_build, "lint": run_lint, "run": run_pipeline, "profile": run_profile}
+    commands = {"export": run_export, "build": run_build, "lint": run_lint, "run": run_pipeline, "profile": run_profile,
+                "llm": run_llm}
     try:
         return commands[command](rest)
     except KeyboardInterrupt:

@@ -54,6 +54,9 @@ def write_build_script(folder: Path, target: Target, graphs: Iterable[GraphRecor
 # Builds {engines} ({precision}) on the target device: {target.summary}.
 # Run it there, in this folder: bash {BUILD_SCRIPT}   (TRTEXEC=/path/to/trtexec to override)
 # TensorRT engines are tied to the TensorRT version and GPU they are built with: build on the device.
+# The LLM without PyTorch: on the host `vtp-export llm DIR --format gguf --quant q4_k_m` writes llm-q4_k_m.gguf
+# here; on the device `CMAKE_ARGS="-DGGML_CUDA=on" pip install llama-cpp-python`, then `vtp-export run .
+# --llm-backend llama.cpp --image photo.jpg --prompt "..."` runs the engines and llama.cpp (README: LLM on llama.cpp).
 set -euo pipefail
 cd "$(dirname "$0")"
 TRTEXEC="${{TRTEXEC:-{target.trtexec}}}"

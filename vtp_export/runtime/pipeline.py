@@ -69,7 +69,8 @@ class Pipeline:
         """llm: None for the checkpoint the export came from (seeded random weights for random exports, cut
         to llm_layers where given), a HF checkpoint folder (transformers) or GGUF file (llama.cpp), or a
         backend object. backend: None (a matching TensorRT engine, else onnxruntime), "onnxruntime",
-        "tensorrt" or "torch". llm_backend: "transformers" or "llama.cpp" (a GGUF from `vtp-export llm`).
+        "tensorrt" or "torch". llm_backend: "transformers" or "llama.cpp" (a GGUF from `vtp-export llm`,
+        sequential positions only; device, dtype and llm_layers are the transformers backend's).
         layout: "static", or "hf" for an unpruned AnyRes export (see LAYOUTS)."""
         folder = Path(folder)
         if position_ids not in POSITION_POLICIES:
@@ -78,6 +79,13 @@ class Pipeline:
             raise PipelineError(f"llm_backend={llm_backend!r} is not one of {', '.join(LLM_BACKENDS)}")
         if llm_layers is not None and llm_layers < 1:
             raise PipelineError(f"llm_layers={llm_layers} must be at least 1")
+        if (llm_backend if isinstance(llm, (str, Path, type(None))) else llm.name) == "llama.cpp":
+            if position_ids != "sequential":
+                raise PipelineError(f"position_ids={position_ids!r}: llama.cpp needs consecutive positions on LLaMA "
+                                    "models; use 'sequential' or the transformers LLM backend")
+            if llm_layers is not None:
+                raise PipelineError("llm_layers: a GGUF has the layers it was converted with (vtp-export llm DIR "
+                                    "--format gguf --llm-layers N)")
         try:
             record = read_export(folder)
             config = read_model_config(MODELS.get(record.model.name), record.model.weights)

@@ -1,0 +1,188 @@
+"""The Pipeline on llama.cpp: llava15-tiny exports with their LLM converted by `vtp-export llm` (f32) answer
+with the transformers backend's greedy ids for every kind of method (scores, merging, padding, a text graph,
+no pruning); several requests; profile; what it refuses; and a run in an environment without torch."""
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.llm_files import assert_transformers_choices, stand_in_tokenizer_folder, tiny_llm
+from vtp_export.cli import main
+from vtp_export.errors import PipelineError
+from vtp_export.exporter import ExportRequest, export
+from vtp_export.gguf_export import export_llm, write_gguf
+from vtp_export.graph_io import CONFIG_JSON
+from vtp_export.profiling import profile_export
+from vtp_export.records import read_export, write_json
+from vtp_export.runtime import Pipeline
+from vtp_export.runtime.tokenizer import stand_in_llama_tokenizer
+
+pytest.importorskip("llama_cpp")
+pytest.importorskip("gguf")
+
+ROOT = Path(__file__).resolve().parents[2]
+QUESTION = "What is in the picture?"
+NEW_TOKENS = 8
+
+
+def picture(seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).random((240, 300, 3)) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """method -> its llava15-tiny export (random weights) at keep 16 with an f32 GGUF (made once per module)."""
+    root = tmp_path_factory.mktemp("llama-cpp-exports")
+
+    def exported(method: str) -> Path:
+        out = root / method
+        if not out.exists():
+            export(ExportRequest(model="llava15-tiny", method=method, keep=None if method == "none" else 16,
+                                 target="cpu", out=out, verify_samples=1))
+            export_llm(out, "f32")
+        return out
+
+    return exported
+
+
+@pytest.mark.parametrize("method", ["fastervlm", "visionzip", "holov", "trim", "none"])
+def test_greedy_ids_equal_the_transformers_backend(method, exports):
+    """Same vision graph (onnxruntime), same prompt ids; the LLM's greedy ids under the tie rule of
+    tests/llm_files.py (f32: equal, with no step's top two transformers logits within 2e-5)."""
+    folder = exports(method)
+    with Pipeline.from_dir(folder, backend="onnxruntime") as reference, \
+            Pipeline.from_dir(folder, backend="onnxruntime", llm_backend="llama.cpp") as pipe:
+        expected = reference.answer(QUESTION, [picture()], max_new_tokens=NEW_TOKENS)
+        answer = pipe.answer(QUESTION, [picture()], max_new_tokens=NEW_TOKENS)
+        content = reference.content(QUESTION, [picture()])
+        vision = reference.encode_images([picture()], [QUESTION])
+        segments = reference.segments(content, vision, range(1))
+        ours = pipe.segments(content, vision, range(1))
+        assert [s.token_ids is None or s.token_ids.tolist() for s in ours] == \
+               [s.token_ids is None or s.token_ids.tolist() for s in segments], "the tokenizers agree"
+        assert_transformers_choices(reference.llm, segments, answer.token_ids, "f32", expected.token_ids)
+    assert (answer.llm_backend, answer.position_ids) == ("llama.cpp", "sequential")
+    assert (answer.prompt_tokens, answer.image_tokens, answer.text) == (expected.prompt_tokens,
+                                                                        expected.image_tokens, expected.text)
+
+
+def test_several_requests_in_rounds_and_streaming(exports):
+    """Five prompts (one with two images) on llama.cpp's four sequences: two rounds, each prompt's ids as
+    transformers gives them; the streamed text is the answer's."""
+    requests = [(QUESTION, [picture(s)]) for s in range(4)] + [("Compare <image> with <image>.",
+                                                                 [picture(0), picture(1)])]
+    pieces: dict[int, str] = {}
+    with Pipeline.from_dir(exports("fastervlm"), llm_backend="llama.cpp") as pipe:
+        answers = pipe.answer_batch(requests, max_new_tokens=5,
+                                    on_text=lambda b, piece: pieces.update({b: pieces.get(b, "") + piece}))
+    with Pipeline.from_dir(exports("fastervlm")) as reference:
+        expected = reference.answer_batch(requests, max_new_tokens=5)
+    assert [a.token_ids for a in answers] == [a.token_ids for a in expected]
+    assert answers[4].image_tokens == [16, 16]
+    assert pieces == {b: a.text for b, a in enumerate(answers) if a.text}
+
+
+def test_profile_and_run_on_llama_cpp(exports, tmp_path, capsys):
+    folder = exports("fastervlm")
+    profile = profile_export(folder, runs=1, warmup=0, new_tokens=2, llm_backend="llama.cpp")
+    assert profile.export.llm_backend == "llama.cpp" and profile.llm.source == str(folder / "llm-f32.gguf")
+    assert (profile.llm.layers, profile.llm.width, profile.tokens.visual) == (2, 64, 16)
+    assert profile.stages["prefill"].p50_ms > 0
+    from PIL import Image
+
+    Image.fromarray(picture()).save(tmp_path / "picture.png")
+    assert main(["run", str(folder), "--image", str(tmp_path / "picture.png"), "--prompt", QUESTION,
+                 "--max-new-tokens", "3", "--llm-backend", "llama.cpp"]) == 0
+    assert "LLM llama.cpp" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def foreign_files(tmp_path_factory) -> dict[str, Path]:
+    """GGUFs that do not fit a llava15-tiny export: another width; another vocabulary; a tokenizer without
+    <image>."""
+    root = tmp_path_factory.mktemp("foreign-gguf")
+    tokenizer = stand_in_tokenizer_folder(root / "tokenizer")
+    narrow = write_gguf(tiny_llm(hidden_size=32, head_dim=8), tokenizer, root / "narrow.gguf", "f16")
+    larger = write_gguf(tiny_llm(vocab_size=32100), tokenizer, root / "larger.gguf", "f16")
+    plain = tiny_llm()
+    plain.tokenizer = stand_in_llama_tokenizer(32064, {})
+    plain.tokenizer.save_pretrained(root / "plain-tokenizer")
+    no_image = write_gguf(plain, root / "plain-tokenizer", root / "no-image.gguf", "f16")
+    return {"narrow": root / narrow.file, "larger": root / larger.file, "no-image": root / no_image.file}
+
+
+def refusal(case: str, exports, foreign_files, tmp_path) -> dict:
+    if case == "no-gguf":
+        folder = tmp_path / "e"
+        shutil.copytree(exports("fastervlm"), folder)
+        write_json(folder / CONFIG_JSON, dataclasses.replace(read_export(folder), llm=None))
+        (folder / "llm-f32.gguf").unlink()
+        return {"folder": folder}
+    if case == "tampered":
+        folder = tmp_path / "e"
+        shutil.copytree(exports("fastervlm"), folder)
+        with (folder / "llm-f32.gguf").open("r+b") as f:
+            f.seek(-4, os.SEEK_END)
+            f.write(b"\0\0\0\1")
+        return {"folder": folder}
+    folder = exports("fastervlm")
+    return {"original": {"folder": folder, "position_ids": "original"},
+            "layers": {"folder": folder, "llm_layers": 1},
+            "narrow": {"folder": folder, "llm": foreign_files["narrow"]},
+            "larger": {"folder": folder, "llm": foreign_files["larger"]},
+            "no-image": {"folder": folder, "llm": foreign_files["no-image"]}}[case]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("original", "position_ids='original': llama.cpp needs consecutive positions on LLaMA models"),
+    ("layers", "a GGUF has the layers it was converted with"),
+    ("no-gguf", "has no GGUF of its LLM: write one with vtp-export llm"),
+    ("tampered", "does not match the sha256 its config.json records"),
+    ("narrow", "the LLM is 32 wide; the export's image embeddings are 64 wide"),
+    ("larger", "the LLM has 32100 tokens; the export's GGUF (config.json) has 32064"),
+    ("no-image", "its tokenizer has no special token <image>"),
+])
+def test_what_the_llama_cpp_pipeline_refuses_is_one_line(case, message, exports, foreign_files, tmp_path, capfd):
+    arguments = refusal(case, exports, foreign_files, tmp_path)
+    with pytest.raises(PipelineError) as error:
+        Pipeline.from_dir(arguments.pop("folder"), llm_backend="llama.cpp", **arguments)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert capfd.readouterr().err == ""
+
+
+def test_pipeline_runs_without_torch(exports, tmp_path):
+    """In an environment whose site-packages lack torch (every other entry linked, the project on
+    PYTHONPATH), a text-conditioned export answers on onnxruntime + llama.cpp as it does here; nothing is
+    printed on stderr (llama.cpp's log is kept)."""
+    folder = exports("trim")
+    site = Path(sysconfig.get_paths()["purelib"])
+    links = tmp_path / "site-packages"
+    links.mkdir()
+    for entry in site.iterdir():
+        if not entry.name.startswith(("torch", "__editable__")) and entry.suffix != ".pth":
+            (links / entry.name).symlink_to(entry)
+    code = f"""
+import importlib.util, sys
+import numpy as np
+assert importlib.util.find_spec("torch") is None, "torch is importable"
+from vtp_export.runtime import Pipeline
+image = (np.random.default_rng(0).random((240, 300, 3)) * 255).astype(np.uint8)
+with Pipeline.from_dir({str(folder)!r}, llm_backend="llama.cpp", backend="onnxruntime") as pipe:
+    answer = pipe.answer({QUESTION!r}, [image], max_new_tokens={NEW_TOKENS})
+assert "torch" not in sys.modules
+print(answer.token_ids)
+"""
+    env = {**os.environ, "PYTHONPATH": f"{links}{os.pathsep}{ROOT}", "TRANSFORMERS_VERBOSITY": "error"}
+    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    with Pipeline.from_dir(folder, llm_backend="llama.cpp", backend="onnxruntime") as pipe:
+        assert result.stdout.strip() == str(pipe.answer(QUESTION, [picture()], max_new_tokens=NEW_TOKENS).token_ids)
