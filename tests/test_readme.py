@@ -41,6 +41,7 @@ def test_quickstart_main_job(tmp_path):
     result = subprocess.run([sys.executable, "-m", "vtp_export", *command[1:]], cwd=tmp_path,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
+    assert result.stderr == "", "a successful command prints nothing on stderr"
     out = tmp_path / "exports" / "llava15-holov-k64-orin"
     assert "token_index identical" in result.stdout and "TensorRT ONNX parser" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["build_engine.sh", "config.json", "vision.onnx", "vision.onnx.data"]
@@ -57,6 +58,7 @@ def test_readme_example_runs(line, tmp_path):
     result = subprocess.run([sys.executable, "-m", "vtp_export", *args[1:]], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    assert result.stderr == "", "a successful command prints nothing on stderr"
 
 
 def test_every_registered_method_and_target_is_documented():
