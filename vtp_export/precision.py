@@ -122,6 +122,7 @@ def lower_precision(path: Path, precision: str, keep_float32: list[str]) -> dict
     except ImportError:
         raise PrecisionError(MODELOPT_MISSING) from None
     start = time.perf_counter()
+    path = path.resolve()  # AutoCast runs in the graph's folder
     before = graph_bytes(path)
     opset = max(opset_of(path), QDQ_MIN_OPSET if has_qdq(path) else 0)
     graph = onnx.load(str(path), load_external_data=False)
