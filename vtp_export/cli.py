@@ -123,9 +123,12 @@ def run_pipeline(argv: Sequence[str]) -> int:
     p.add_argument("--backend", help="onnxruntime, tensorrt or torch (default: a matching engine, else onnxruntime)")
     add_llm_arguments(p)
     p.add_argument("--position-ids", default="sequential", help="sequential (default, as LLaVA) or original")
+    p.add_argument("--layout", default="static", help="static (default), or hf: an unpruned llava-next export's "
+                                                      "tokens unpadded with image_newline, as HF lays them out")
     args = p.parse_args(argv)
     with Pipeline.from_dir(args.folder, llm=args.llm, backend=args.backend, llm_backend=args.llm_backend,
-                           position_ids=args.position_ids, llm_layers=args.llm_layers, dtype=args.llm_dtype) as pipe:
+                           position_ids=args.position_ids, llm_layers=args.llm_layers, dtype=args.llm_dtype,
+                           layout=args.layout) as pipe:
         answer = pipe.answer(args.prompt, args.image, args.max_new_tokens, args.temperature, args.seed,
                              on_text=lambda _, piece: print(piece, end="", flush=True))
     decode = f"{answer.decode_tokens_per_s:.1f} tokens/s" if answer.decode_tokens_per_s else "n/a"

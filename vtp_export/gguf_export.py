@@ -7,7 +7,6 @@ import contextlib
 import ctypes
 import dataclasses
 import json
-import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ try:
 except ImportError:  # the [llama] extra; the rest of vtp-export runs without it
     gguf = None
 
+from vtp_export.quiet import quiet
 from vtp_export.errors import ExportError, UsageError, WeightsError
 from vtp_export.graph_io import CONFIG_JSON
 from vtp_export.models import MODELS
@@ -249,7 +249,7 @@ def byte_level_vocab(folder: Path, tokenizer) -> Vocab:
     for token_id, (text, _, _) in enumerate(base.all_tokens()):
         tokens.append(text.encode() if isinstance(text, str) else text)
         types.append(gguf.TokenType.CONTROL if token_id in special_ids else gguf.TokenType.NORMAL)
-    with quiet_gguf():
+    with quiet(("gguf",)):  # its vocab reader warns about tokenizer.json details llama.cpp never uses
         merges = gguf.SpecialVocab(folder, load_merges=True).merges or [INERT_MERGE]
     pre_tokenizer = json.loads((folder / "tokenizer.json").read_text()).get("pre_tokenizer") or {}
     if pre_tokenizer.get("type") != "ByteLevel" or not pre_tokenizer.get("use_regex", True):
@@ -273,7 +273,7 @@ def add_vocab(writer, vocab: Vocab, folder: Path, n_vocab: int) -> None:
         writer.add_token_scores(vocab.scores)
     if vocab.merges:
         writer.add_token_merges(vocab.merges)
-    with quiet_gguf():
+    with quiet(("gguf",)):  # its vocab reader warns about tokenizer.json details llama.cpp never uses
         specials = gguf.SpecialVocab(folder, n_vocab=n_vocab)
     specials.merges = []  # written above
     specials.add_to_gguf(writer, quiet=True)
@@ -291,18 +291,6 @@ def quantize(source: Path, out: Path, quant: str) -> None:
         status = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
     if status != 0:
         raise ExportError(f"llama.cpp could not quantize {source.name} to {quant}: {log.last_error() or status}")
-
-
-@contextlib.contextmanager
-def quiet_gguf() -> Iterator[None]:
-    """gguf's vocab reader warns about tokenizer.json details (the pair template) that llama.cpp never uses."""
-    logger = logging.getLogger("gguf")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -1,10 +1,6 @@
 """torch module -> ONNX graph with the dynamo exporter (fully static shapes, constant-K TopK)."""
 
-import contextlib
 import gc
-import io
-import logging
-import warnings
 from pathlib import Path
 
 import onnx
@@ -15,6 +11,7 @@ from onnxscript.rewriter._matcher import SimplePatternMatcher
 
 from vtp_export.errors import ExportError
 from vtp_export.graph_io import MAX_DYNAMIC_BATCH
+from vtp_export.quiet import quiet
 
 
 def stable_sort_as_topk(self, stable: bool | None = None, dim: int = -1, descending: bool = False):
@@ -71,7 +68,7 @@ def export_onnx(
     if dynamic_batch:
         batch = torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)
         dynamic_shapes = tuple({0: batch} for _ in example_inputs)
-    with quiet_exporter():
+    with quiet(("torch.onnx", "onnxscript", "onnx_ir")):
         try:
             program = torch.onnx.export(
                 module, example_inputs, dynamo=True, opset_version=max(opset, DYNAMO_MIN_OPSET),
@@ -160,19 +157,3 @@ def static_value_shapes(model: onnx.ModelProto, dynamic_batch: bool) -> dict[str
 def first_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0][:300]
-
-
-@contextlib.contextmanager
-def quiet_exporter():
-    """The dynamo exporter prints progress to stdout and warns freely; keep the CLI's output ours."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
-        previous = [logger.level for logger in loggers]
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for logger, level in zip(loggers, previous):
-                logger.setLevel(level)

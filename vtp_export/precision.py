@@ -13,13 +13,10 @@ same `float32_nodes` float32 as per-layer precisions (recipe.py, builder.py).
 """
 
 import contextlib
-import io
-import logging
 import re
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +25,7 @@ import numpy as np
 import onnx
 
 from vtp_export.errors import PrecisionError, UsageError
+from vtp_export.quiet import quiet
 from vtp_export.targets import Target
 
 LOW_PRECISIONS = ("fp16", "bf16")
@@ -42,6 +40,8 @@ QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 # What a Q/DQ graph's unquantized remainder is lowered to: TensorRT's int8/fp8 kernels pair with fp16.
 QUANTIZED_REMAINDER = "fp16"
 QDQ_MIN_OPSET = 19  # ModelOpt writes Q/DQ at opset 19 (fp16 scales, fp8 types)
+# ModelOpt logs every node it classifies and onnxruntime's calibrator draws progress bars.
+MODELOPT_LOGGERS = ("", "modelopt", "modelopt.onnx", "modelopt.onnx.autocast")
 MODELOPT_MISSING = "the precision transforms need NVIDIA ModelOpt: pip install 'vtp-export[precision]' (README, Precision)"
 ONNX_TYPE_PRECISION = {
     onnx.TensorProto.FLOAT8E4M3FN: "fp8", onnx.TensorProto.INT8: "int8",
@@ -136,7 +136,7 @@ def lower_precision(path: Path, precision: str, keep_float32: list[str]) -> dict
     onnx.save(graph, str(stripped))  # external data stays referenced by name, beside it
     try:
         # onnx's checker resolves the external data of the weightless model from the working folder
-        with quiet_modelopt(), weightless_autocast() as conversions, contextlib.chdir(path.parent):
+        with quiet(MODELOPT_LOGGERS, stderr=True), weightless_autocast() as conversions, contextlib.chdir(path.parent):
             try:
                 model = convert_to_mixed_precision(
                     str(stripped), low_precision_type=precision, nodes_to_exclude=exact_names(keep_float32),
@@ -191,7 +191,7 @@ def quantize(path: Path, precision: str, calibration_feeds: list[dict[str, np.nd
         for source, destination in moved:
             source.replace(destination)
         quantized = scratch / f"{path.stem}.{precision}.onnx"
-        with quiet_modelopt():
+        with quiet(MODELOPT_LOGGERS, stderr=True):
             try:
                 modelopt_quantize(
                     str(scratch / path.name), quantize_mode=precision, calibration_data=calibration,
@@ -332,18 +332,3 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-@contextlib.contextmanager
-def quiet_modelopt():
-    """ModelOpt logs every node it classifies and onnxruntime's calibrator draws progress bars: keep the
-    CLI's output ours. Its errors still surface as exceptions."""
-    loggers = [logging.getLogger(name) for name in ("", "modelopt", "modelopt.onnx", "modelopt.onnx.autocast")]
-    previous = [logger.level for logger in loggers]
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for logger, level in zip(loggers, previous):
-                logger.setLevel(level)

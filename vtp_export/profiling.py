@@ -28,7 +28,6 @@ from vtp_export.errors import UsageError
 from vtp_export.exporter import ExportRequest, export, plan_export
 from vtp_export.graph_io import PIXEL_VALUES, PRODUCER, TEXT_EMBEDS
 from vtp_export.methods import METHODS
-from vtp_export.methods.base import VisionFeatures
 from vtp_export.models import MODELS
 from vtp_export.onnxruntime_sessions import cpu_threads
 from vtp_export.output_folder import staged_folder

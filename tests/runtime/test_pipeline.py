@@ -10,18 +10,14 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
-from vtp_export.checkpoint import load_clip_text, load_vision_stack
 from vtp_export.cli import main
 from vtp_export.errors import PipelineError
 from vtp_export.exporter import ExportRequest, export
 from vtp_export.graph_io import NUM_VALID
 from vtp_export.methods import METHODS
+from tests.runtime.hf_reference import hf_ids_with_pruning
 from vtp_export.models import MODELS
 from vtp_export.runtime import Pipeline
-from vtp_export.runtime.tokenizer import clip_input_ids
-from vtp_export.towers.clip import ClipTextEncoder
-from vtp_export.vision_graph import VisionGraph
-from vtp_export.weights import WeightsFolder, read_model_config
 
 LLAVA15 = MODELS.get("llava15")
 IMAGE_TOKEN = LLAVA15.image_token
@@ -63,31 +59,6 @@ def exports(bundle, tmp_path_factory):
     return exported
 
 
-def hf_ids_with_pruning(hf, bundle, method_name: str, keep: int, image: np.ndarray) -> list[int]:
-    """HF LLaVA's generate() on inputs_embeds whose image part is the PyTorch pruning of its features."""
-    config = read_model_config(LLAVA15, WeightsFolder(bundle))
-    stack = load_vision_stack(LLAVA15, config, {}, WeightsFolder(bundle))
-    method = METHODS.get(method_name).create(stack.geometry, keep, {})
-    pixel_values = torch.from_numpy(LLAVA15.preprocess([Image.fromarray(image)], stack.geometry))
-    with torch.no_grad():
-        if method.text_conditioned:
-            stack.clip = load_clip_text(LLAVA15, config, WeightsFolder(bundle / "clip"))
-            ids = clip_input_ids(AutoTokenizer.from_pretrained(bundle / "clip"), [QUESTION], 77)
-            outputs = VisionGraph(LLAVA15, stack, method)(pixel_values, ClipTextEncoder(stack.clip)(torch.from_numpy(ids)))
-        else:
-            outputs = VisionGraph(LLAVA15, stack, method)(pixel_values)
-        valid = int(outputs[2][0]) if NUM_VALID in method.output_names else outputs[0].shape[1]
-        image_embeds = outputs[0][0, :valid]
-        tokenizer = AutoTokenizer.from_pretrained(bundle)
-        ids = tokenizer(LLAVA15.prompt(f"{IMAGE_TOKEN}\n{QUESTION}", config), return_tensors="pt").input_ids[0]
-        slot = int((ids == config.image_token_id).nonzero()[0])
-        embed = hf.get_input_embeddings()
-        inputs_embeds = torch.cat([embed(ids[:slot]), image_embeds, embed(ids[slot + 1:])]).unsqueeze(0)
-        generated = hf.generate(inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2]),
-                                max_new_tokens=NEW_TOKENS, do_sample=False)
-    return generated[0].tolist()
-
-
 @pytest.mark.parametrize("method", [m for m in METHODS.names() if m != "none"])
 def test_greedy_ids_equal_hf_with_the_same_pruning(method, bundle, hf, exports):
     # VisPruner's kept set legitimately differs between backends (float noise, see its module): its
@@ -95,7 +66,7 @@ def test_greedy_ids_equal_hf_with_the_same_pruning(method, bundle, hf, exports):
     backend = "onnxruntime" if METHODS.get(method).exact_selection else "torch"
     pipe = Pipeline.from_dir(exports(method), backend=backend)
     answer = pipe.answer(QUESTION, [picture()], max_new_tokens=NEW_TOKENS)
-    assert answer.token_ids == hf_ids_with_pruning(hf, bundle, method, 16, picture())
+    assert answer.token_ids == hf_ids_with_pruning(hf, LLAVA15, bundle, method, 16, picture(), QUESTION, NEW_TOKENS)
     assert answer.backend == backend and answer.time_to_first_token_s > 0
 
 

@@ -5,19 +5,14 @@ generate from pixels."""
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from transformers import AutoTokenizer, LlavaNextForConditionalGeneration
 
-from vtp_export.checkpoint import load_clip_text, load_vision_stack
 from vtp_export.errors import PipelineError
 from vtp_export.exporter import ExportRequest, export
 from vtp_export.methods import METHODS
+from tests.runtime.hf_reference import hf_ids_with_pruning
 from vtp_export.models import MODELS
 from vtp_export.runtime import Pipeline
-from vtp_export.runtime.tokenizer import clip_input_ids
-from vtp_export.towers.clip import ClipTextEncoder
-from vtp_export.vision_graph import VisionGraph
-from vtp_export.weights import WeightsFolder, read_model_config
 
 NEXT = MODELS.get("llava-next")
 QUESTION = "What is in the picture?"
@@ -50,31 +45,6 @@ def exports(tiny_next_checkpoint, tmp_path_factory):
     return exported
 
 
-def hf_ids_with_pruning(hf, checkpoint, method_name: str, image: np.ndarray) -> list[int]:
-    """HF generate() on inputs_embeds whose image part is the PyTorch pruning of the crops' features."""
-    config = read_model_config(NEXT, WeightsFolder(checkpoint))
-    stack = load_vision_stack(NEXT, config, {}, WeightsFolder(checkpoint))
-    method = METHODS.get(method_name).create(stack.geometry, KEEP, {})
-    pixel_values = torch.from_numpy(NEXT.preprocess([Image.fromarray(image)], stack.geometry))
-    if method.text_conditioned:
-        stack.clip = load_clip_text(NEXT, config, WeightsFolder(checkpoint / "clip"))
-    graph = VisionGraph(NEXT, stack, method)
-    with torch.no_grad():
-        if method.text_conditioned:
-            ids = clip_input_ids(AutoTokenizer.from_pretrained(checkpoint / "clip"), [QUESTION], 77)
-            image_embeds = graph(pixel_values, ClipTextEncoder(stack.clip)(torch.from_numpy(ids)))[0][0]
-        else:
-            image_embeds = graph(pixel_values)[0][0]
-        ids = AutoTokenizer.from_pretrained(checkpoint)(NEXT.prompt(f"<image>\n{QUESTION}", config),
-                                                        return_tensors="pt").input_ids[0]
-        slot = int((ids == config.image_token_id).nonzero()[0])
-        embed = hf.get_input_embeddings()
-        inputs_embeds = torch.cat([embed(ids[:slot]), image_embeds, embed(ids[slot + 1:])]).unsqueeze(0)
-        generated = hf.generate(inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2]),
-                                max_new_tokens=NEW_TOKENS, do_sample=False)
-    return generated[0].tolist()
-
-
 @pytest.mark.parametrize("method", ["fastervlm", "visionzip", "holov", "cdpruner", "trim", "divprune", "prumerge",
                                     "vispruner", "uniform"])
 def test_greedy_ids_equal_hf_with_the_same_pruning(method, hf, tiny_next_checkpoint, exports):
@@ -82,7 +52,8 @@ def test_greedy_ids_equal_hf_with_the_same_pruning(method, hf, tiny_next_checkpo
     with Pipeline.from_dir(exports(method), backend=backend) as pipe:
         answer = pipe.answer(QUESTION, [picture()], max_new_tokens=NEW_TOKENS)
     assert answer.image_tokens == [KEEP]
-    assert answer.token_ids == hf_ids_with_pruning(hf, tiny_next_checkpoint, method, picture())
+    assert answer.token_ids == hf_ids_with_pruning(hf, NEXT, tiny_next_checkpoint, method, KEEP, picture(), QUESTION,
+                                                   NEW_TOKENS)
 
 
 @pytest.mark.parametrize("size", [(300, 240), (336, 336)])
@@ -121,4 +92,5 @@ def test_mistral_layout_uses_its_template(tmp_path):
     hf = LlavaNextForConditionalGeneration.from_pretrained(checkpoint).eval()
     with Pipeline.from_dir(out) as pipe:
         answer = pipe.answer(QUESTION, [picture(2)], max_new_tokens=NEW_TOKENS)
-    assert answer.token_ids == hf_ids_with_pruning(hf, checkpoint, "fastervlm", picture(2))
+    assert answer.token_ids == hf_ids_with_pruning(hf, NEXT, checkpoint, "fastervlm", KEEP, picture(2), QUESTION,
+                                                   NEW_TOKENS)

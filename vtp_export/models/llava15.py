@@ -100,10 +100,10 @@ class Llava15(VisionLanguageModel):
         return stand_in_llama_tokenizer(config.text_config.vocab_size, {config.image_token_id: self.image_token})
 
 
-@register
-class Llava15Tiny(Llava15):
-    name = "llava15-tiny"
-    summary = "LLaVA-1.5 architecture at toy width (tests, quickstart); always random weights"
+class ToyWidth:
+    """Mixed into a CLIP-tower model: the same architecture at toy width (the real patch grid), only ever with
+    seeded random weights."""
+
     canonical_repo = None
     canonical_clip_repo = None
     random_only = True
@@ -116,3 +116,9 @@ class Llava15Tiny(Llava15):
 
     def clip_text_settings(self) -> dict:
         return tiny_text()
+
+
+@register
+class Llava15Tiny(ToyWidth, Llava15):
+    name = "llava15-tiny"
+    summary = "LLaVA-1.5 architecture at toy width (tests, quickstart); always random weights"

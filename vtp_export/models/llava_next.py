@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from vtp_export.errors import UsageError, WeightsError
 from vtp_export.models import register
 from vtp_export.models.base import Geometry, ModelOption, VisionStack, parse_size
-from vtp_export.models.clip import clip_geometry, clip_image_processor_settings, tiny_text, tiny_vision
-from vtp_export.models.llava15 import Llava15, tiny_llama_text
+from vtp_export.models.clip import clip_geometry, clip_image_processor_settings
+from vtp_export.models.llava15 import Llava15, ToyWidth, tiny_llama_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -141,18 +141,9 @@ class LlavaNext(Llava15):
 
 
 @register
-class LlavaNextTiny(LlavaNext):
+class LlavaNextTiny(ToyWidth, LlavaNext):
     name = "llava-next-tiny"
     summary = "LLaVA-NeXT architecture at toy width (tests); always random weights"
-    canonical_repo = None
-    canonical_clip_repo = None
-    random_only = True
-
-    def vision_settings(self, image_size: int = 336) -> dict:
-        return tiny_vision(image_size)
 
     def text_settings(self) -> dict:
         return tiny_llama_text() | {"max_position_embeddings": 4096}  # the unpruned image alone is 2880 tokens
-
-    def clip_text_settings(self) -> dict:
-        return tiny_text()
