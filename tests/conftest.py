@@ -47,3 +47,34 @@ def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> Path:
     return save_tiny_clip(tmp_path_factory.mktemp("clip-tiny"))
+
+
+QWEN_TINY = MODELS.get("qwen2.5-vl-tiny")
+
+
+def save_tiny_qwen(folder: Path, seed: int = 0) -> Path:
+    """A real HF Qwen2.5-VL checkpoint (random weights, byte-level tokenizer) written with save_pretrained. Weights
+    are drawn wider than HF's initialisation and norm weights away from one, so that a wrong norm, order, pairing
+    or position cannot hide behind near-uniform attention: swapping the h and w positions of the image tokens
+    changes the greedy answer."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = QWEN_TINY.default_config()
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 1 and name.endswith("weight"):
+                parameter.copy_(1.0 + 0.1 * torch.randn_like(parameter))
+            elif "visual" in name:
+                parameter.normal_(0, 0.1)
+            elif "embed_tokens" not in name:
+                parameter.normal_(0, 0.2)
+    model.save_pretrained(folder)
+    QWEN_TINY.stand_in_tokenizer(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def qwen_checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_qwen(tmp_path_factory.mktemp("qwen2.5-vl-tiny"))

@@ -1,4 +1,5 @@
-"""Regenerate the golden graph signatures under graphs/ from fresh llava15-tiny exports.
+"""Regenerate the golden graph signatures under graphs/ from fresh exports of the golden models (llava15-tiny,
+qwen2.5-vl-tiny).
 
 Run after an intended change to a method's graph:  .venv/bin/python tools/update_graphs.py
 The diff of graphs/ then shows exactly which ops and shapes changed, for review.
@@ -12,22 +13,23 @@ from vtp_export.exporter import ExportRequest, export
 from vtp_export.graph_io import TEXT_ONNX, VISION_ONNX
 from vtp_export.methods import METHODS
 from vtp_export.signature import (
-    GOLDEN_KEEP, GOLDEN_MODEL, golden_exports, golden_path, golden_text_path, graph_signature, write_signature,
+    GOLDEN_KEEP, GOLDEN_MODELS, golden_exports, golden_path, golden_text_path, graph_signature, write_signature,
 )
 
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
-        for name, (method, options) in golden_exports(METHODS.names()).items():
-            keep = None if method == "none" else GOLDEN_KEEP
-            out = export(ExportRequest(model=GOLDEN_MODEL, method=method, keep=keep, target="cpu", method_options=options,
-                                       out=Path(scratch) / name, verify_samples=1))
-            signature = graph_signature(out / VISION_ONNX)
-            path = golden_path(GOLDEN_MODEL, name, signature["outputs"][1]["shape"][1])
-            write_signature(signature, path)
-            print(f"wrote {path}")
-            if (out / TEXT_ONNX).exists():
-                write_signature(graph_signature(out / TEXT_ONNX), golden_text_path(GOLDEN_MODEL))
+        for model in GOLDEN_MODELS:
+            for name, (method, options) in golden_exports(METHODS.names(), model).items():
+                keep = None if method == "none" else GOLDEN_KEEP
+                out = export(ExportRequest(model=model, method=method, keep=keep, target="cpu", method_options=options,
+                                           out=Path(scratch) / model / name, verify_samples=1))
+                signature = graph_signature(out / VISION_ONNX)
+                path = golden_path(model, name, signature["outputs"][1]["shape"][1])
+                write_signature(signature, path)
+                print(f"wrote {path}")
+                if (out / TEXT_ONNX).exists():
+                    write_signature(graph_signature(out / TEXT_ONNX), golden_text_path(model))
     return 0
 
 

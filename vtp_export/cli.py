@@ -122,7 +122,8 @@ def run_pipeline(argv: Sequence[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--backend", help="onnxruntime, tensorrt or torch (default: a matching engine, else onnxruntime)")
     add_llm_arguments(p)
-    p.add_argument("--position-ids", default="sequential", help="sequential (default, as LLaVA) or original")
+    p.add_argument("--position-ids", help="sequential or original (default: the model's, sequential for LLaVA, "
+                                          "original for Qwen2.5-VL's M-RoPE)")
     args = p.parse_args(argv)
     with Pipeline.from_dir(args.folder, llm=args.llm, backend=args.backend, llm_backend=args.llm_backend,
                            position_ids=args.position_ids, llm_layers=args.llm_layers, dtype=args.llm_dtype) as pipe:

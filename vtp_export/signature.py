@@ -16,6 +16,7 @@ GRAPHS_DIR = Path(__file__).resolve().parent.parent / "graphs"
 # Every registered method has a golden signature for this model at this keep (`none` at its own N),
 # and so do the method variants whose graphs differ in structure.
 GOLDEN_MODEL = "llava15-tiny"
+GOLDEN_MODELS = (GOLDEN_MODEL, "qwen2.5-vl-tiny")  # each with every method that applies to it, at its defaults
 GOLDEN_KEEP = 64
 GOLDEN_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "holov-paper": ("holov", {"variant": "paper"}),
@@ -23,9 +24,16 @@ GOLDEN_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
-def golden_exports(methods: list[str]) -> dict[str, tuple[str, dict[str, str]]]:
-    """Golden name -> (method, method options), for the registered `methods` and the variants above."""
-    return {name: (name, {}) for name in methods} | GOLDEN_VARIANTS
+def golden_exports(methods: list[str], model: str = GOLDEN_MODEL) -> dict[str, tuple[str, dict[str, str]]]:
+    """Golden name -> (method, method options), for the registered `methods` and the variants above that apply
+    to `model`."""
+    from vtp_export.methods import METHODS
+    from vtp_export.models import MODELS
+
+    signals = MODELS.get(model).signals
+    exports = {name: (name, {}) for name in methods} | GOLDEN_VARIANTS
+    return {name: (method, options) for name, (method, options) in exports.items()
+            if not METHODS.get(method).requires - signals}
 
 
 def value_signature(value: onnx.ValueInfoProto) -> dict:

@@ -12,3 +12,4 @@ def register(cls: type[VisionLanguageModel]) -> type[VisionLanguageModel]:
 
 
 from vtp_export.models import llava15  # noqa: E402,F401
+from vtp_export.models import qwen2_5_vl  # noqa: E402,F401

@@ -117,6 +117,8 @@ class VisionLanguageModel:
     model_type: ClassVar[str]  # config.json's model_type of the checkpoints this reads
     signals: ClassVar[frozenset[Signal]]
     image_token: ClassVar[str]  # the prompt placeholder one image's tokens replace
+    image_separator: ClassVar[str] = "\n"  # between the image placeholders a prompt without them gets, and its text
+    default_position_ids: ClassVar[str] = "sequential"  # the runtime's position policy unless one is asked for
     hf_class: ClassVar[str]  # the transformers class of the whole model (its LLM half serves the runtime)
     canonical_repo: ClassVar[str | None] = None  # looked up offline in the HF cache without --weights
     random_only: ClassVar[bool] = False  # toy sizes for tests: only seeded random weights exist

@@ -56,14 +56,15 @@ class Pipeline:
 
     @classmethod
     def from_dir(cls, folder: str | Path, llm: str | Path | LanguageModelBackend | None = None,
-                 backend: str | None = None, llm_backend: str = "transformers", position_ids: str = "sequential",
+                 backend: str | None = None, llm_backend: str = "transformers", position_ids: str | None = None,
                  llm_layers: int | None = None, device: str = "cpu", dtype: str = "float32") -> "Pipeline":
         """llm: None for the checkpoint the export came from (seeded random weights for random exports, cut
         to llm_layers where given), a HF checkpoint folder (transformers) or GGUF file (llama.cpp), or a
         backend object. backend: None (a matching TensorRT engine, else onnxruntime), "onnxruntime",
-        "tensorrt" or "torch". llm_backend: "transformers" or "llama.cpp" (a GGUF from `vtp-export llm`)."""
+        "tensorrt" or "torch". llm_backend: "transformers" or "llama.cpp" (a GGUF from `vtp-export llm`).
+        position_ids: None for the model's own policy (sequential for LLaVA, original for Qwen2.5-VL's M-RoPE)."""
         folder = Path(folder)
-        if position_ids not in POSITION_POLICIES:
+        if position_ids is not None and position_ids not in POSITION_POLICIES:
             raise PipelineError(f"position_ids={position_ids!r} is not one of {', '.join(POSITION_POLICIES)}")
         if llm_backend not in LLM_BACKENDS:
             raise PipelineError(f"llm_backend={llm_backend!r} is not one of {', '.join(LLM_BACKENDS)}")
@@ -83,7 +84,8 @@ class Pipeline:
             clip_tokenizer = load_tokenizer(text_weights.path if isinstance(text_weights, WeightsFolder) else None,
                                             lambda: stand_in_clip_tokenizer(record.model.text_vocab_size))
         vision = open_backend(folder, record, backend)
-        return cls(folder, record, vision, language_model, clip_tokenizer, position_ids)
+        policy = position_ids or MODELS.get(record.model.name).default_position_ids
+        return cls(folder, record, vision, language_model, clip_tokenizer, policy)
 
     def __enter__(self) -> "Pipeline":
         return self
@@ -144,7 +146,7 @@ class Pipeline:
         placeholder = self.model.image_token
         placeholders = prompt.count(placeholder)
         if placeholders == 0:
-            return placeholder * len(images) + "\n" + prompt if images else prompt
+            return placeholder * len(images) + self.model.image_separator + prompt if images else prompt
         if placeholders != len(images):
             raise PipelineError(f"the prompt has {placeholders} {placeholder} placeholder{'s' * (placeholders != 1)} "
                                 f"for {len(images)} image{'s' * (len(images) != 1)}")
