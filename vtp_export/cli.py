@@ -115,7 +115,8 @@ def run_pipeline(argv: Sequence[str]) -> int:
                "graph and the LLM, streaming the answer.")
     p.add_argument("folder", type=Path, help="export folder written by vtp-export")
     p.add_argument("--image", type=Path, action="append", default=[], help="image file, repeatable")
-    p.add_argument("--prompt", required=True, help="the question; the model's image placeholder (<image> for LLaVA) "
+    p.add_argument("--prompt", required=True, help="the question; the model's image placeholder (<image> for LLaVA, "
+                                                   "<|vision_start|><|image_pad|><|vision_end|> for Qwen2.5-VL) "
                                                    "marks where each image goes")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; > 0: sampling")

@@ -211,22 +211,23 @@ class QwenFeatures(nn.Module):
     def forward(self, pixel_values: Tensor, text_embeds: Tensor | None = None) -> VisionFeatures:
         return self.method_inputs(self.tower_features(pixel_values), text_embeds)
 
+    def key_mask(self, block: StaticBlock) -> Tensor | None:
+        return self.full_mask if block.groups == 1 else self.window_mask
+
     def embed(self, pixel_values: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, slots, C): the still frame duplicated along T as HF's processor does."""
         batch = pixel_values.shape[0]
         frames = pixel_values.unsqueeze(2).expand(-1, -1, self.temporal, -1, -1)
-        patches = self.patch_embed(frames.to(self.patch_embed.weight.dtype)).reshape(batch, self.patch_embed.out_channels, -1)
+        patches = self.patch_embed(frames).reshape(batch, self.patch_embed.out_channels, -1)
         slots = patches.transpose(1, 2).index_select(1, self.slot_source)
         return slots * self.slot_valid if self.layout.has_pad else slots
 
     def tower_features(self, pixel_values: Tensor) -> VisionFeatures:
         x = self.embed(pixel_values)
-        last = len(self.blocks) - 1
-        received = None
-        for i, block in enumerate(self.blocks):
-            mask = self.full_mask if block.groups == 1 else self.window_mask
-            x, block_scores = block(x, self.cos, self.sin, mask, getattr(self, "scores", None) if i == last else None)
-            received = block_scores if block_scores is not None else received
+        *body, last = self.blocks
+        for block in body:
+            x, _ = block(x, self.cos, self.sin, self.key_mask(block))
+        x, received = last(x, self.cos, self.sin, self.key_mask(last), getattr(self, "scores", None))
         batch, slots, width = x.shape
         units = x.reshape(batch, slots // self.layout.unit, width * self.layout.unit).index_select(1, self.unit_of_token)
         return VisionFeatures(hidden=units, received_attention=received, cls_token=False)
