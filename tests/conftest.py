@@ -70,6 +70,32 @@ def save_tiny_llava_next(folder: Path, text: str = "llama", seed: int = 0) -> Pa
     return folder
 
 
+QWEN_TINY = MODELS.get("qwen2.5-vl-tiny")
+
+
+def save_tiny_qwen(folder: Path, seed: int = 0) -> Path:
+    """A real HF Qwen2.5-VL checkpoint (random weights, byte-level tokenizer) written with save_pretrained. Weights
+    are drawn wider than HF's initialisation and norm weights away from one, so that a wrong norm, order, pairing
+    or position cannot hide behind near-uniform attention: swapping the h and w positions of the image tokens
+    changes the greedy answer."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = QWEN_TINY.default_config()
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 1 and name.endswith("weight"):
+                parameter.copy_(1.0 + 0.1 * torch.randn_like(parameter))
+            elif "visual" in name:
+                parameter.normal_(0, 0.1)
+            elif "embed_tokens" not in name:
+                parameter.normal_(0, 0.2)
+    model.save_pretrained(folder)
+    QWEN_TINY.stand_in_tokenizer(config).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_next_checkpoint(tmp_path_factory, tiny_clip) -> Path:
     """A tiny LLaVA-NeXT checkpoint with its CLIP model in clip/ (text-conditioned methods export from it)."""
@@ -78,3 +104,8 @@ def tiny_next_checkpoint(tmp_path_factory, tiny_clip) -> Path:
     folder = save_tiny_llava_next(tmp_path_factory.mktemp("llava-next-tiny") / "llava")
     shutil.copytree(tiny_clip, folder / "clip")
     return folder
+
+
+@pytest.fixture(scope="session")
+def qwen_checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_qwen(tmp_path_factory.mktemp("qwen2.5-vl-tiny"))

@@ -264,3 +264,13 @@ def test_llm_command_on_a_missing_folder_is_one_line(tmp_path, capsys):
     assert main(["llm", str(tmp_path / "nowhere"), "--format", "gguf"]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and err.count("\n") == 1
+
+
+def test_llm_command_refuses_an_llm_llama_cpp_would_not_run_as_llama(tmp_path, capsys):
+    out = tmp_path / "qwen"
+    export(ExportRequest(model="qwen2.5-vl-tiny", method="none", target="cpu", out=out, verify_samples=1,
+                         model_options={"image_size": "112x112"}))
+    assert main(["llm", str(out), "--format", "gguf"]) == 2
+    err = capsys.readouterr().err
+    assert "qwen2.5-vl-tiny's LLM is 'qwen2_5_vl_text'" in err and err.count("\n") == 1
+    assert not list(out.glob("*.gguf"))

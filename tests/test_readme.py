@@ -47,8 +47,8 @@ def test_quickstart_main_job(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["build_engine.sh", "config.json", "vision.onnx", "vision.onnx.data"]
 
 
-EXAMPLES = [line for block in code_blocks("Command line") for line in block if "llava15-tiny" in line or
-            line.strip() == "vtp-export methods"]
+EXAMPLES = [line for section in ("Command line", "Models") for block in code_blocks(section) for line in block
+            if "-tiny " in line or line.strip() == "vtp-export methods"]
 
 
 @pytest.mark.parametrize("line", EXAMPLES)

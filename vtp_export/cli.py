@@ -115,14 +115,16 @@ def run_pipeline(argv: Sequence[str]) -> int:
                "graph and the LLM, streaming the answer.")
     p.add_argument("folder", type=Path, help="export folder written by vtp-export")
     p.add_argument("--image", type=Path, action="append", default=[], help="image file, repeatable")
-    p.add_argument("--prompt", required=True, help="the question; the model's image placeholder (<image> for LLaVA) "
+    p.add_argument("--prompt", required=True, help="the question; the model's image placeholder (<image> for LLaVA, "
+                                                   "<|vision_start|><|image_pad|><|vision_end|> for Qwen2.5-VL) "
                                                    "marks where each image goes")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; > 0: sampling")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--backend", help="onnxruntime, tensorrt or torch (default: a matching engine, else onnxruntime)")
     add_llm_arguments(p)
-    p.add_argument("--position-ids", default="sequential", help="sequential (default, as LLaVA) or original")
+    p.add_argument("--position-ids", help="sequential or original (default: the model's, sequential for LLaVA, "
+                                          "original for Qwen2.5-VL's M-RoPE)")
     p.add_argument("--layout", default="static", help="static (default), or hf: an unpruned llava-next export's "
                                                       "tokens unpadded with image_newline, as HF lays them out")
     args = p.parse_args(argv)

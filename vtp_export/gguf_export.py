@@ -63,6 +63,9 @@ class Vocab:
     merges: list[str]
 
 
+GGUF_TEXT_MODELS = ("llama", "mistral")  # HF text model types llama.cpp runs as its "llama" architecture
+
+
 def gguf_file_name(quant: str) -> str:
     return f"llm-{quant}.gguf"
 
@@ -79,6 +82,10 @@ def export_llm(folder: Path, quant: str = "f16", llm_folder: Path | None = None,
     record = read_export(folder)
     model = MODELS.get(record.model.name)
     weights = record.model.weights
+    text_type = read_model_config(model, weights).text_config.model_type
+    if text_type not in GGUF_TEXT_MODELS:
+        raise UsageError(f"vtp-export llm writes LLaMA-architecture GGUFs ({', '.join(GGUF_TEXT_MODELS)}); "
+                         f"{model.name}'s LLM is {text_type!r}: run it with the transformers backend")
     checkpoint = llm_folder or (weights.path if isinstance(weights, WeightsFolder) else None)
     with tempfile.TemporaryDirectory(prefix="vtp-llm-tokenizer-") as scratch:
         if checkpoint is not None:

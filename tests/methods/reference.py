@@ -247,12 +247,15 @@ def cdpruner(projected: Tensor, image_embeds: Tensor, text_embeds: Tensor, keep:
 
 
 def holov_paper(projected: Tensor, attention: Tensor, keep: int, side: int, tau: float,
-                eps: float = 1e-6) -> tuple[Tensor, Tensor]:
-    """HoloV eq. 1-5 as methods-spec.md states them, one image and one crop at a time."""
+                eps: float = 1e-6, grid: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+    """HoloV eq. 1-5 as methods-spec.md states them, one image and one crop at a time; `grid` (rows, cols) of a
+    non-square token grid."""
     batch, n, _ = projected.shape
-    grid = int(n ** 0.5)
-    edges = [i * grid // side for i in range(side + 1)]
-    crops = [torch.tensor([r * grid + c for r in range(edges[i], edges[i + 1]) for c in range(edges[j], edges[j + 1])])
+    rows, cols = grid or (int(n ** 0.5), int(n ** 0.5))
+    row_edges = [i * rows // side for i in range(side + 1)]
+    col_edges = [j * cols // side for j in range(side + 1)]
+    crops = [torch.tensor([r * cols + c for r in range(row_edges[i], row_edges[i + 1])
+                           for c in range(col_edges[j], col_edges[j + 1])])
              for i in range(side) for j in range(side)]
     out_tokens, out_positions = [], []
     for b in range(batch):
@@ -283,3 +286,96 @@ def holov_paper(projected: Tensor, attention: Tensor, keep: int, side: int, tau:
         out_tokens.append(projected[b, positions])
         out_positions.append(positions + 1)
     return torch.stack(out_tokens), torch.stack(out_positions)
+
+
+def qwen_patch_rows(pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+    """One normalised image (1, 3, H, W) -> Qwen2-VL's processor rows and image_grid_thw (its patchify re-stated:
+    2x2 merge units in raster order, 14x14 patches, the still frame repeated along T = 2)."""
+    _, channels, height, width = pixel_values.shape
+    x = pixel_values.reshape(channels, height // 28, 2, 14, width // 28, 2, 14).permute(1, 4, 2, 5, 0, 3, 6)
+    x = x.unsqueeze(5).expand(-1, -1, -1, -1, -1, 2, -1, -1)
+    return x.reshape(-1, channels * 2 * 14 * 14), torch.tensor([[1, height // 14, width // 14]])
+
+
+def holov_qwen_scores(visual, rows: Tensor, grid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """HoloV's official Qwen2.5-VL tower (obananas/HoloV@dee615c qwen-model-HoloV/modeling_qwen2_5_vl.py, the
+    vision transformer's forward and utils.py::scaled_dot_product_attention) on HF's tower, one image: the last
+    block's N x N softmax under its window mask, mean over heads, mean over queries, groups of 4 consecutive
+    tokens averaged. Returns the merged tokens in raster order (M, D), the scores in the tower's WINDOW order (M,)
+    as the official code leaves them, and HF's window_index (M,)."""
+    import math
+
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+    from transformers.vision_utils import get_vision_window_index
+
+    captured = {}
+    last = visual.blocks[-1].attn
+
+    def hook(module, args, kwargs):
+        captured.update(hidden=args[0] if args else kwargs["hidden_states"], cu=kwargs["cu_seqlens"],
+                        rope=kwargs["position_embeddings"])
+
+    handle = last.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        merged = visual(rows, grid_thw=grid).pooler_output
+    finally:
+        handle.remove()
+    hidden, cu = captured["hidden"], captured["cu"]
+    n = hidden.shape[0]
+    q, k, _ = last.qkv(hidden).reshape(n, 3, last.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    q, k = apply_rotary_pos_emb_vision(q, k, *captured["rope"])
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(1, len(cu)):
+        allowed[cu[i - 1]:cu[i], cu[i - 1]:cu[i]] = True
+    logits = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(q.shape[-1])
+    attention = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+    window_scores = attention.mean(dim=0).mean(dim=0).view(-1, 4).mean(dim=1)
+    window_index, _ = get_vision_window_index(grid, visual.spatial_merge_size, visual.window_size, visual.patch_size)
+    return merged, window_scores, window_index
+
+
+def holov_qwen(merged: Tensor, window_scores: Tensor, window_index: Tensor, keep: int,
+               vision_start: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """HoloV's official Qwen2.5-VL glue (qwen-model-HoloV/modeling_qwen2_5_vl.py, Qwen2_5_VLForConditionalGeneration
+    .forward) around utils.py::HoloV, one image: keep rows out of max(1, int(((1024/576) * M) / keep)) chunks,
+    HoloV() as in the LLaVA code (`holov` above) on a span scored slot by slot.
+
+    merged (M, D) raster; window_scores (M,) in window order (holov_qwen_scores). With vision_start (D,), the
+    official code exactly: the span starts at <|vision_start|> ([vision_start, merged[0 .. M-2]]; merged[M-1]
+    then always follows the kept rows) and slot j is ranked by window_scores[j] (the scores are never put back
+    in raster order). Without it, both fixed: the span is the M merged tokens, each ranked by its own score.
+    Returns the K rows and their span slots + 1 (-1 padding)."""
+    m = merged.shape[0]
+    crops = max(1, int(((1024 / 576) * m) / keep))
+    if vision_start is not None:
+        span, scores = torch.cat([vision_start.reshape(1, -1), merged[:m - 1]]), window_scores
+    else:
+        span, scores = merged, torch.empty_like(window_scores).index_copy_(0, window_index, window_scores)
+    tokens, positions = holov(span.unsqueeze(0), scores.unsqueeze(0), keep, crops)
+    return tokens[0], positions[0]
+
+
+def dart(projected: Tensor, keep: int, pivots: int = 4) -> tuple[Tensor, Tensor]:
+    """TensorRT Edge-LLM's embedding-level DART (cpp/runtime/preprocess/dartPruner.cpp, as its documentation
+    describes it), image pivots only, one image and one pivot at a time: pivots by L1 norm, then per pivot
+    ceil(remaining / pivots left) of the remaining tokens by most negative cosine, kept list sorted."""
+    tokens, positions = [], []
+    for b in range(projected.shape[0]):
+        x = projected[b]
+        n = x.shape[0]
+        count = min(pivots, keep)
+        order = sorted(range(n), key=lambda i: (-float(x[i].abs().sum()), i))
+        retained = order[:count]
+        pool = [i for i in range(n) if i not in retained]
+        for p, pivot in enumerate(list(retained)):
+            per = -(-(keep - len(retained)) // (count - p))
+            if per <= 0 or not pool:
+                break
+            cosine = {i: float(x[pivot] @ x[i]) / max(float(x[pivot].norm() * x[i].norm()), 1e-8) for i in pool}
+            picked = sorted(pool, key=lambda i: (cosine[i], i))[:per]
+            retained += picked
+            pool = [i for i in pool if i not in picked]
+        chosen = torch.tensor(sorted(retained))
+        tokens.append(x[chosen])
+        positions.append(chosen + 1)
+    return torch.stack(tokens), torch.stack(positions)

@@ -228,3 +228,17 @@ def test_holov_paper(image_size, keep, crops, tau, peaked):
     tokens, positions = reference.holov_paper(projected, features.patch_attention(), keep, int(crops ** 0.5), tau)
     assert torch.equal(index, positions)
     torch.testing.assert_close(embeds, tokens, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("image_size", [336, 224])
+@pytest.mark.parametrize("keep,pivots", [(1, 4), (3, 4), (4, 4), (5, 4), (64, 4), (101, 4), (64, 1), (64, 9),
+                                         (250, 4)])
+def test_dart(image_size, keep, pivots):
+    geometry = tiny_geometry(image_size)
+    features = random_features(geometry, seed=keep + pivots)
+    _, (embeds, index) = method_output("dart", geometry, keep, features, pivots=pivots)
+    with torch.no_grad():
+        projected = tiny_projector()(features.patches)
+    tokens, positions = reference.dart(projected, keep, pivots)
+    assert torch.equal(index, positions)
+    torch.testing.assert_close(embeds, tokens, atol=ATOL, rtol=RTOL)

@@ -121,7 +121,7 @@ def default_layout(per_crop_embeds, per_crop_index, g):
     return torch.cat(tokens), torch.cat(index)
 
 
-@pytest.mark.parametrize("name", ["prumerge", "prumerge_plus", "divprune", "trim", "uniform", "random", "none"])
+@pytest.mark.parametrize("name", ["prumerge", "prumerge_plus", "divprune", "dart", "trim", "uniform", "random", "none"])
 @pytest.mark.parametrize("grid", GRIDS)
 def test_methods_without_an_official_next_path_prune_each_crop_in_the_default_layout(name, grid):
     g, features = image_features(grid, seed=5)

@@ -46,7 +46,7 @@ def exports(tiny_next_checkpoint, tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", ["fastervlm", "visionzip", "holov", "cdpruner", "trim", "divprune", "prumerge",
-                                    "vispruner", "uniform"])
+                                    "vispruner", "uniform", "dart"])
 def test_greedy_ids_equal_hf_with_the_same_pruning(method, hf, tiny_next_checkpoint, exports):
     backend = "onnxruntime" if METHODS.get(method).exact_selection else "torch"
     with Pipeline.from_dir(exports(method), backend=backend) as pipe:

@@ -5,5 +5,5 @@ from vtp_export.registry import Registry
 METHODS: Registry[type] = Registry("method")
 
 from vtp_export.methods import (  # noqa: E402,F401
-    baselines, cdpruner, divprune, fastervlm, holov, none, prumerge, trim, vispruner, visionzip,
+    baselines, cdpruner, dart, divprune, fastervlm, holov, none, prumerge, trim, vispruner, visionzip,
 )

@@ -33,16 +33,19 @@ class FixedPositions(PruningMethod):
         return projector(gather_rows(features.patches, kept)), kept + 1
 
 
-def uniform_grid(grid: int, keep: int) -> list[int]:
-    """`keep` distinct raster positions spread evenly over a grid x grid patch map, ascending.
+def uniform_grid(rows: int, cols: int, keep: int) -> list[int]:
+    """`keep` distinct raster positions spread evenly over a rows x cols patch map, ascending.
 
-    A side x side lattice of cell centres (side = ceil(sqrt(keep))) covers the image evenly; `keep` of its
-    side**2 points are taken at an even stride through the lattice. keep < grid**2 gives side <= grid, so
+    A lattice of cell centres, ceil(sqrt(keep * rows / cols)) rows by ceil(sqrt(keep * cols / rows)) columns
+    (side x side with side = ceil(sqrt(keep)) on a square grid), covers the image evenly; `keep` of its points
+    are taken at an even stride through the lattice. keep < rows * cols keeps the lattice within the grid, so
     the centres are distinct cells and the lattice, built row by row, is already in raster order.
     """
-    side = math.ceil(math.sqrt(keep))
-    centres = [int((i + 0.5) * grid / side) for i in range(side)]
-    lattice = [row * grid + col for row in centres for col in centres]
+    lattice_rows = math.ceil(math.sqrt(keep * rows / cols))
+    lattice_cols = math.ceil(math.sqrt(keep * cols / rows))
+    centre_rows = [int((i + 0.5) * rows / lattice_rows) for i in range(lattice_rows)]
+    centre_cols = [int((j + 0.5) * cols / lattice_cols) for j in range(lattice_cols)]
+    lattice = [row * cols + col for row in centre_rows for col in centre_cols]
     return [lattice[j * len(lattice) // keep] for j in range(keep)]
 
 
@@ -50,10 +53,10 @@ def uniform_grid(grid: int, keep: int) -> list[int]:
 class Uniform(FixedPositions):
     name = "uniform"
     summary = "baseline: patches on an even spatial lattice, independent of the image"
-    reference = "baseline (no paper): even 2-D lattice subsample of the patch grid"
+    reference = "baseline (no paper): even 2-D lattice subsample of the patch grid (rows x cols)"
 
     def positions(self) -> Tensor:
-        return torch.tensor(uniform_grid(self.geometry.grid, self.keep), dtype=torch.long)
+        return torch.tensor(uniform_grid(self.geometry.grid_rows, self.geometry.grid_cols, self.keep), dtype=torch.long)
 
 
 @METHODS.register("random")

@@ -56,6 +56,7 @@ class CDPruner(PruningMethod):
     summary = "conditional DPP (similarity x question relevance), greedy MAP, raster order"
     reference = "Theia-4869/CDPruner@9541616 llava/model/llava_arch.py::encode_images"
     requires = frozenset({Signal.CLIP_TEXT})
+    unsupported_reason = "its relevance term is CLIP text-image similarity; its Qwen2.5-VL code is unreleased"
     projects_all_tokens = True
 
     @classmethod

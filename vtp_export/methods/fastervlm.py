@@ -18,6 +18,7 @@ class FasterVLM(PruningMethod):
     summary = "top-k patches by CLS attention of the feature layer, kept in raster order, no merging"
     reference = "Theia-4869/FasterVLM@f5d5f12"
     requires = frozenset({Signal.CLS_ATTENTION})
+    unsupported_reason = "FasterVLM is the CLS token's ranking; ranked by received attention it is another method"
 
     def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
         kept = sorted_ascending(top_indices(features.patch_attention(), self.keep))

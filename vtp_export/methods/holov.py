@@ -20,6 +20,14 @@ sequence, the base crop's patches then the tiles' in full-grid raster order, in 
 each token scored by its own crop's CLS attention row. The official code unpads that sequence by the image's
 size first (data-dependent); the static form keeps the fixed grid (identical for images of the grid's
 aspect). The paper variant is defined on one square patch grid and refuses AnyRes crops.
+
+Crops by default: 16 on CLS towers (the official LLaVA code); on towers without CLS (Qwen2.5-VL) the official
+Qwen code's max(1, int((1024/576) * N / keep)) chunks of the merged tokens (obananas/HoloV@dee615c
+qwen-model-HoloV/modeling_qwen2_5_vl.py), which keeps LLaVA's 16 chunks at 576 tokens and 64 kept and scales
+the chunk count with N / keep. Its scores are the attention each merged token receives in the last block
+(towers/qwen.py), paired with the merged token they belong to: the official code pairs raster-order features
+with window-order scores and starts the span one token early, at <|vision_start|> (README, Qwen2.5-VL).
+The paper variant keeps 16 crops by default and lays them over rows x cols grids too.
 """
 
 import math
@@ -69,11 +77,21 @@ def anyres_sequence(geometry: Geometry) -> tuple[Tensor, Tensor]:
     return torch.tensor(order), torch.tensor(token_index)
 
 
-def spatial_crop_layout(grid: int, side: int) -> list[list[int]]:
-    """side x side blocks of a grid x grid raster (block edges at floor(i * grid / side)), members in raster order."""
-    edges = [i * grid // side for i in range(side + 1)]
-    return [[r * grid + c for r in range(edges[i], edges[i + 1]) for c in range(edges[j], edges[j + 1])]
+def spatial_crop_layout(rows: int, cols: int, side: int) -> list[list[int]]:
+    """side x side blocks of a rows x cols raster (block edges at floor(i * rows / side), floor(j * cols / side)),
+    members in raster order."""
+    row_edges = [i * rows // side for i in range(side + 1)]
+    col_edges = [j * cols // side for j in range(side + 1)]
+    return [[r * cols + c for r in range(row_edges[i], row_edges[i + 1]) for c in range(col_edges[j], col_edges[j + 1])]
             for i in range(side) for j in range(side)]
+
+
+def default_crops(geometry: Geometry, keep: int, paper: bool) -> int:
+    """16 (the official LLaVA code, and the paper variant); the official Qwen2.5-VL code's formula on towers
+    without CLS, with its float operations, at most one crop per token (its chunks beyond N are empty)."""
+    if geometry.cls_token or paper:
+        return 16
+    return min(max(1, int(((1024 / 576) * geometry.num_patches) / keep)), geometry.num_patches)
 
 
 @METHODS.register("holov")
@@ -86,8 +104,9 @@ class HoloV(PruningMethod):
     options = (
         MethodOption("variant", str, "reference", "reference: as the official code; paper: eq. 1-5 of the paper",
                      choices=VARIANTS),
-        MethodOption("crops", int, 16, "crops C: 1-D chunks of the raster sequence (reference), or a square "
-                     "number of 2-D blocks of the patch grid (paper)"),
+        MethodOption("crops", int, None, "crops C: 1-D chunks of the raster sequence (reference), or a square "
+                     "number of 2-D blocks of the patch grid (paper); default 16, or on towers without CLS "
+                     "max(1, int(1024/576 * N / keep)) as HoloV's Qwen2.5-VL code"),
         MethodOption("tau", float, 1.0, "paper variant: temperature of the softmax crop weights"),
     )
 
@@ -108,7 +127,10 @@ class HoloV(PruningMethod):
 
     def __init__(self, geometry: Geometry, keep: int, **options: Any) -> None:
         super().__init__(geometry, keep, **options)
-        crops, self.paper = self.settings["crops"], self.settings["variant"] == "paper"
+        self.paper = self.settings["variant"] == "paper"
+        if self.settings["crops"] is None:
+            self.settings["crops"] = default_crops(geometry, keep, self.paper)
+        crops = self.settings["crops"]
         length = geometry.tokens_per_image  # the sequence the budget is spent over
         if not 1 <= crops <= length:
             raise UsageError(f"method holov: crops={crops} must be in 1..{length}")
@@ -120,13 +142,13 @@ class HoloV(PruningMethod):
             self.register_buffer("sequence_order", order, persistent=False)
             self.register_buffer("sequence_token_index", token_index, persistent=False)
         if self.paper:
-            side = math.isqrt(crops)
-            if side * side != crops or side > geometry.grid:
+            side, most = math.isqrt(crops), min(geometry.grid_rows, geometry.grid_cols)
+            if side * side != crops or side > most:
                 raise UsageError(f"method holov: variant=paper needs a square number of crops of at most "
-                                 f"{geometry.grid}x{geometry.grid}, got crops={crops}")
+                                 f"{most}x{most}, got crops={crops}")
             if self.settings["tau"] <= 0:
                 raise UsageError(f"method holov: tau={self.settings['tau']} must be positive")
-            layout = spatial_crop_layout(geometry.grid, side)
+            layout = spatial_crop_layout(geometry.grid_rows, geometry.grid_cols, side)
         else:
             layout = crop_layout(length, crops)
         width = max(len(r) for r in layout)

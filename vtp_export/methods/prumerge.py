@@ -43,6 +43,7 @@ class PruneMerge(PruningMethod):
     """Shared by both variants: `kept_positions` chooses the kept list, the rest is the official merge."""
 
     requires = frozenset({Signal.NEXT_LAYER})
+    unsupported_reason = "PruMerge selects by the next layer's CLS attention and has no form for towers without CLS"
     minimum_keep = 2
 
     @classmethod

@@ -53,6 +53,7 @@ class Trim(PruningMethod):
     summary = "patches by CLIP text-image similarity (sign flipped as released) + 1 mean of the rest"
     reference = "FreedomIntelligence/TRIM@f5a232d clip_encoder.py::token_reduction"
     requires = frozenset({Signal.CLIP_TEXT})
+    unsupported_reason = "TRIM compares patches with the question in CLIP's joint space"
     options = (MethodOption(
         "count", str, "fixed", "fixed: keep-1 patches + the mean token; iqr: the official adaptive count "
         "(IQR outliers), at most keep-1 patches, valid slots in num_valid", choices=COUNTS,

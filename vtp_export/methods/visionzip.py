@@ -28,6 +28,8 @@ class VisionZip(PruningMethod):
     name = "visionzip"
     summary = "dominant tokens by CLS attention (CLS kept) + contextual tokens merged by key similarity"
     reference = "dvlab-research/VisionZip@3151f6d visionzip/clip_encoder.py"
+    unsupported_reason = "its released code keeps CLS and merges by the feature layer's keys; the authors' Qwen2.5-VL " \
+                         "form is not public"
     options = (
         MethodOption("dominant", int, None, "dominant tokens incl. CLS; default keep - contextual"),
         MethodOption("contextual", int, None, "merged contextual tokens; default round(keep*10/64)"),

@@ -2,6 +2,9 @@
 
 Reference: Theia-4869/VisPruner@aefa01a llava/model/llava_arch.py::encode_images (methods-spec.md,
 "VisPruner"). Parity: tests/methods/test_parity.py::test_vispruner.
+Towers without CLS (Qwen2.5-VL): the author's substitute (Theia-4869/VisPruner issue #1): the attention each
+token receives, averaged over the merger's 2x2 units, ranks the merged tokens; the de-duplication compares the
+features before the projector, as on LLaVA (for Qwen the merger's input, a unit's four patch features).
 
 The de-duplication loop's round sizes depend only on N and keep, so it is unrolled: each round splits
 the residual list into even (a) and odd (b) positions, drops the r = min(8, R - T_div) `a` tokens most
@@ -46,7 +49,7 @@ class VisPruner(PruningMethod):
     name = "vispruner"
     summary = "important tokens by CLS attention + diverse tokens by iterative bipartite de-duplication"
     reference = "Theia-4869/VisPruner@aefa01a llava/model/llava_arch.py::encode_images"
-    requires = frozenset({Signal.CLS_ATTENTION})
+    requires = frozenset({Signal.PATCH_SCORES})
     options = (MethodOption("important_ratio", float, 0.5, "share of keep chosen by attention (T_imp = int(keep*r))"),)
     exact_selection = False
 

@@ -11,4 +11,4 @@ def register(cls: type[VisionLanguageModel]) -> type[VisionLanguageModel]:
     return cls
 
 
-from vtp_export.models import llava15, llava_next  # noqa: E402,F401
+from vtp_export.models import llava15, llava_next, qwen2_5_vl  # noqa: E402,F401

@@ -117,6 +117,8 @@ class VisionLanguageModel:
     model_type: ClassVar[str]  # config.json's model_type of the checkpoints this reads
     signals: ClassVar[frozenset[Signal]]
     image_token: ClassVar[str]  # the prompt placeholder one image's tokens replace
+    image_separator: ClassVar[str] = "\n"  # between the image placeholders a prompt without them gets, and its text
+    default_position_ids: ClassVar[str] = "sequential"  # the runtime's position policy unless one is asked for
     hf_class: ClassVar[str]  # the transformers class of the whole model (its LLM half serves the runtime)
     canonical_repo: ClassVar[str | None] = None  # looked up offline in the HF cache without --weights
     random_only: ClassVar[bool] = False  # toy sizes for tests: only seeded random weights exist
@@ -145,7 +147,7 @@ class VisionLanguageModel:
 
     def check_method(self, method: type[PruningMethod]) -> None:
         """UsageError in one line where the method needs a signal this tower lacks."""
-        missing = [s.value for s in method.requires if s not in self.signals]
+        missing = [s.value for s in Signal if s in method.requires and s not in self.signals]  # declared order
         if missing:
             raise UsageError(f"method {method.name} needs {', '.join(missing)}, which {self.name} does not have"
                              + (f" ({method.unsupported_reason})" if method.unsupported_reason else ""))

@@ -63,7 +63,7 @@ class Pipeline:
 
     @classmethod
     def from_dir(cls, folder: str | Path, llm: str | Path | LanguageModelBackend | None = None,
-                 backend: str | None = None, llm_backend: str = "transformers", position_ids: str = "sequential",
+                 backend: str | None = None, llm_backend: str = "transformers", position_ids: str | None = None,
                  llm_layers: int | None = None, device: str = "cpu", dtype: str = "float32",
                  layout: str = "static") -> "Pipeline":
         """llm: None for the checkpoint the export came from (seeded random weights for random exports, cut
@@ -71,26 +71,28 @@ class Pipeline:
         backend object. backend: None (a matching TensorRT engine, else onnxruntime), "onnxruntime",
         "tensorrt" or "torch". llm_backend: "transformers" or "llama.cpp" (a GGUF from `vtp-export llm`,
         sequential positions only; device, dtype and llm_layers are the transformers backend's).
+        position_ids: None for the model's own policy (sequential for LLaVA, original for Qwen2.5-VL's M-RoPE).
         layout: "static", or "hf" for an unpruned AnyRes export (see LAYOUTS)."""
         folder = Path(folder)
-        if position_ids not in POSITION_POLICIES:
+        if position_ids is not None and position_ids not in POSITION_POLICIES:
             raise PipelineError(f"position_ids={position_ids!r} is not one of {', '.join(POSITION_POLICIES)}")
         if llm_backend not in LLM_BACKENDS:
             raise PipelineError(f"llm_backend={llm_backend!r} is not one of {', '.join(LLM_BACKENDS)}")
         if llm_layers is not None and llm_layers < 1:
             raise PipelineError(f"llm_layers={llm_layers} must be at least 1")
-        if (llm_backend if isinstance(llm, (str, Path, type(None))) else llm.name) == "llama.cpp":
-            if position_ids != "sequential":
-                raise PipelineError(f"position_ids={position_ids!r}: llama.cpp needs consecutive positions on LLaMA "
-                                    "models; use 'sequential' or the transformers LLM backend")
-            if llm_layers is not None:
-                raise PipelineError("llm_layers: a GGUF has the layers it was converted with (vtp-export llm DIR "
-                                    "--format gguf --llm-layers N)")
+        llama_cpp = (llm_backend if isinstance(llm, (str, Path, type(None))) else llm.name) == "llama.cpp"
+        if llama_cpp and llm_layers is not None:
+            raise PipelineError("llm_layers: a GGUF has the layers it was converted with (vtp-export llm DIR "
+                                "--format gguf --llm-layers N)")
         try:
             record = read_export(folder)
             config = read_model_config(MODELS.get(record.model.name), record.model.weights)
         except VtpError as error:
             raise PipelineError(str(error)) from None
+        policy = position_ids or MODELS.get(record.model.name).default_position_ids
+        if llama_cpp and policy != "sequential":
+            raise PipelineError(f"position_ids={policy!r}: llama.cpp needs consecutive positions on LLaMA "
+                                "models; use 'sequential' or the transformers LLM backend")
         if record.method.text_conditioned and "text" not in record.graphs:
             raise PipelineError(f"{folder}: {record.method.name} is text-conditioned but the export has no text graph")
         newline = hf_layout_newline(folder, record, layout)
@@ -102,7 +104,7 @@ class Pipeline:
             clip_tokenizer = load_tokenizer(text_weights.path if isinstance(text_weights, WeightsFolder) else None,
                                             lambda: stand_in_clip_tokenizer(record.model.text_vocab_size))
         vision = open_backend(folder, record, backend)
-        return cls(folder, record, config, vision, language_model, clip_tokenizer, position_ids, newline)
+        return cls(folder, record, config, vision, language_model, clip_tokenizer, policy, newline)
 
     def __enter__(self) -> "Pipeline":
         return self
@@ -163,7 +165,7 @@ class Pipeline:
         placeholder = self.model.image_token
         placeholders = prompt.count(placeholder)
         if placeholders == 0:
-            return placeholder * len(images) + "\n" + prompt if images else prompt
+            return placeholder * len(images) + self.model.image_separator + prompt if images else prompt
         if placeholders != len(images):
             raise PipelineError(f"the prompt has {placeholders} {placeholder} placeholder{'s' * (placeholders != 1)} "
                                 f"for {len(images)} image{'s' * (len(images) != 1)}")

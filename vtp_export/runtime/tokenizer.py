@@ -39,6 +39,12 @@ def stand_in_llama_tokenizer(vocab_size: int, extra_specials: dict[int, str]) ->
                                    bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
+def stand_in_qwen_tokenizer(vocab_size: int, specials: dict[int, str]) -> PreTrainedTokenizerFast:
+    """Qwen2's layout: no BOS, <|im_end|> ends a turn, <|endoftext|> pads."""
+    return PreTrainedTokenizerFast(tokenizer_object=byte_level(vocab_size, specials, "$A"),
+                                   eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
 def stand_in_clip_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     specials = {vocab_size - 2: CLIP_BOS, vocab_size - 1: CLIP_EOS}
     return PreTrainedTokenizerFast(tokenizer_object=byte_level(vocab_size, specials, f"{CLIP_BOS} $A {CLIP_EOS}"),
