@@ -1,5 +1,6 @@
 """HF's own generate() with the same pruning applied in PyTorch: what the runtime's answers are checked against."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from vtp_export.checkpoint import load_clip_text, load_vision_stack
+from vtp_export.exporter import ExportRequest, export
 from vtp_export.graph_io import NUM_VALID
 from vtp_export.methods import METHODS
 from vtp_export.runtime.tokenizer import clip_input_ids
@@ -43,3 +45,16 @@ def hf_ids_with_pruning(hf, model, checkpoint: Path, method_name: str, keep: int
         generated = hf.generate(inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2]),
                                 max_new_tokens=new_tokens, do_sample=False)
     return generated[0].tolist()
+
+
+def exports_on_demand(root: Path, model: str, weights: Path, keep: int, **request) -> Callable[[str], Path]:
+    """method -> its CPU export of the checkpoint at `keep` (`none` unpruned) under root, made on first use."""
+
+    def exported(method: str) -> Path:
+        out = root / method
+        if not out.exists():
+            export(ExportRequest(model=model, method=method, keep=None if method == "none" else keep, target="cpu",
+                                 weights=weights, out=out, verify_samples=1, **request))
+        return out
+
+    return exported

@@ -2,7 +2,6 @@
 one PipelineError."""
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from vtp_export.errors import PipelineError
 from vtp_export.exporter import ExportRequest, export
 from vtp_export.graph_io import NUM_VALID
 from vtp_export.methods import METHODS
-from tests.runtime.hf_reference import hf_ids_with_pruning
+from tests.runtime.hf_reference import exports_on_demand, hf_ids_with_pruning
 from vtp_export.models import MODELS
 from vtp_export.runtime import Pipeline
 
@@ -46,17 +45,7 @@ def hf(bundle):
 
 @pytest.fixture(scope="module")
 def exports(bundle, tmp_path_factory):
-    """method -> its export of the bundle at keep 16 (made once per module)."""
-    root = tmp_path_factory.mktemp("runtime-exports")
-
-    def exported(method: str) -> Path:
-        out = root / method
-        if not out.exists():
-            export(ExportRequest(model="llava15", method=method, keep=None if method == "none" else 16,
-                                 target="cpu", weights=bundle, out=out, verify_samples=1))
-        return out
-
-    return exported
+    return exports_on_demand(tmp_path_factory.mktemp("llava15-exports"), "llava15", bundle, 16)
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS.names() if m != "none"])

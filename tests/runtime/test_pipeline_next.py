@@ -10,7 +10,7 @@ from transformers import AutoTokenizer, LlavaNextForConditionalGeneration
 from vtp_export.errors import PipelineError
 from vtp_export.exporter import ExportRequest, export
 from vtp_export.methods import METHODS
-from tests.runtime.hf_reference import hf_ids_with_pruning
+from tests.runtime.hf_reference import exports_on_demand, hf_ids_with_pruning
 from vtp_export.models import MODELS
 from vtp_export.runtime import Pipeline
 
@@ -33,16 +33,7 @@ def hf(tiny_next_checkpoint):
 
 @pytest.fixture(scope="module")
 def exports(tiny_next_checkpoint, tmp_path_factory):
-    root = tmp_path_factory.mktemp("next-exports")
-
-    def exported(method: str):
-        out = root / method
-        if not out.exists():
-            export(ExportRequest(model="llava-next", method=method, keep=None if method == "none" else KEEP,
-                                 target="cpu", weights=tiny_next_checkpoint, out=out, verify_samples=1))
-        return out
-
-    return exported
+    return exports_on_demand(tmp_path_factory.mktemp("llava-next-exports"), "llava-next", tiny_next_checkpoint, KEEP)
 
 
 @pytest.mark.parametrize("method", ["fastervlm", "visionzip", "holov", "cdpruner", "trim", "divprune", "prumerge",

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
+from tests.runtime.hf_reference import exports_on_demand
 from vtp_export.checkpoint import load_vision_stack
-from vtp_export.exporter import ExportRequest, export
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
 from vtp_export.runtime import Pipeline
@@ -36,16 +36,8 @@ def hf(qwen_checkpoint):
 
 @pytest.fixture(scope="module")
 def exports(qwen_checkpoint, tmp_path_factory):
-    root = tmp_path_factory.mktemp("qwen-runtime-exports")
-
-    def exported(method: str):
-        out = root / method
-        if not out.exists():
-            export(ExportRequest(model="qwen2.5-vl", method=method, keep=None if method == "none" else KEEP,
-                                 target="cpu", weights=qwen_checkpoint, model_options=SIZE, out=out, verify_samples=1))
-        return out
-
-    return exported
+    return exports_on_demand(tmp_path_factory.mktemp("qwen2.5-vl-exports"), "qwen2.5-vl", qwen_checkpoint, KEEP,
+                             model_options=SIZE)
 
 
 def prompt_ids(checkpoint, image_tokens: int) -> torch.Tensor:

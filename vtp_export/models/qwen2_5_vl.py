@@ -211,7 +211,6 @@ def qwen_preprocess(images: list, height: int, width: int) -> np.ndarray:
     """(B, 3, H, W) float32: each image resized to W x H (bicubic, the processor's resampling), then HF's Qwen2-VL
     image processor (PIL backend: convert to RGB, rescale by 1/255, normalise with CLIP's mean and std), whose
     patch rows are put back into an image. The processor keeps aspect ratios, so only this resize fixes H x W."""
-    import numpy as np
     from PIL import Image
     from transformers import Qwen2VLImageProcessorPil
 
