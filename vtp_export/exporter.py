@@ -17,6 +17,7 @@ from vtp_export import __version__
 from vtp_export.checkpoint import load_clip_text, load_vision_stack
 from vtp_export.errors import UsageError
 from vtp_export.graph_io import INPUT_IDS, PIXEL_VALUES, PRODUCER, TEXT_EMBEDS, TEXT_INPUTS, TEXT_ONNX, TEXT_OUTPUTS, VISION_ONNX
+from vtp_export.memory import return_large_blocks_at_once
 from vtp_export.lint import lint_graph
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import PruningMethod
@@ -154,6 +155,7 @@ def plan_export(request: ExportRequest) -> Plan:
 def export(request: ExportRequest, progress: Progress = lambda _: None) -> Path:
     """Run the whole job; return the finished folder. Every failure is a VtpError, leaving nothing behind."""
     plan = plan_export(request)
+    return_large_blocks_at_once()
     target = TARGETS.get(request.target)
     precision = engine_precision(target, request.precision) if target.uses_tensorrt else None
     with staged_folder(plan.out, request.replace) as stage:

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from vtp_export.errors import PrecisionError
 from vtp_export.graph_io import IMAGE_EMBEDS, TEXT_EMBEDS, TOKEN_INDEX
 from vtp_export.agreement import matched_rows, set_overlap
-from vtp_export.onnxruntime_sessions import cpu_threads
+from vtp_export.onnxruntime_sessions import session_options
 from vtp_export.random_inputs import Arrays
 
 # fp16 / bf16 graphs keep the score path float32, so token choices should not flip (issue 13); int8 and fp8
@@ -86,9 +86,7 @@ def graph_outputs(path: Path, inputs: list[Arrays]) -> tuple[list[Arrays], str]:
 
 
 def run(path: Path, inputs: list[Arrays]) -> list[Arrays]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = cpu_threads()
-    options.log_severity_level = 3
+    options = session_options(low_memory=True)
     options.add_session_config_entry("session.disable_quant_qdq", "1")
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -44,7 +44,7 @@ def compare_with_onnxruntime(path: Path, inputs: list[Arrays], expected: list[Ar
     Integer outputs must be identical; float outputs agree within `tolerance`. Where the method's selection
     is not exact across backends, token_index needs MIN_SET_OVERLAP and embeds are compared by source token.
     """
-    session = onnxruntime_session(path)
+    session = onnxruntime_session(path, low_memory=True)
     output_names = [o.name for o in session.get_outputs()]
     worst: dict[str, float] = {}
     largest: dict[str, float] = {}
