@@ -29,6 +29,26 @@ def key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+def model_option_flags() -> dict[str, tuple[str, str]]:
+    """Every registered model's export options (`--grid`, `--image-size`): name -> (first model with it, help)."""
+    from vtp_export.models import MODELS
+
+    flags: dict[str, tuple[str, str]] = {}
+    for name, model in MODELS.items():
+        for option in model.options:
+            flags.setdefault(option.name, (name, f"{option.help} (default {option.default})"))
+    return flags
+
+
+def add_model_option_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    for name, (model, text) in model_option_flags().items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, help=f"{prefix}{model}: {text}")
+
+
+def given_model_options(args: argparse.Namespace) -> dict[str, str]:
+    return {name: getattr(args, name) for name in model_option_flags() if getattr(args, name)}
+
+
 def export_parser() -> Parser:
     p = Parser(prog="vtp-export", description="Export a VLM vision tower with in-graph static visual-token pruning "
                "to ONNX, verified against PyTorch, with a TensorRT build recipe for GPU targets. "
@@ -41,9 +61,7 @@ def export_parser() -> Parser:
                                             "non-default method/model options in the name)")
     p.add_argument("--replace", action="store_true",
                    help="replace an existing export folder even if it holds files vtp-export did not write there")
-    p.add_argument("--grid", help="llava-next: the AnyRes tile grid RxC fixed at export (default 2x2)")
-    p.add_argument("--image-size", help="qwen2.5-vl: the image size HxW fixed at export, multiples of 28 "
-                                        "(default 448x448)")
+    add_model_option_arguments(p)
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--weights", type=Path, help="local HF-format LLaVA checkpoint folder")
     weights.add_argument("--random-weights", action="store_true", help="real-size architecture, seeded random weights")
@@ -74,10 +92,10 @@ def run_export(argv: Sequence[str]) -> int:
     from vtp_export.exporter import ExportRequest, export
 
     args = export_parser().parse_args(argv)
-    model_options = {name: value for name, value in (("grid", args.grid), ("image_size", args.image_size)) if value}
     request = ExportRequest(
         model=args.model, method=args.method, target=args.target, keep=args.keep,
-        method_options=dict(args.method_opt), model_options=model_options, out=args.out, weights=args.weights,
+        method_options=dict(args.method_opt), model_options=given_model_options(args), out=args.out,
+        weights=args.weights,
         text_weights=args.text_weights, random_weights=args.random_weights, seed=args.seed, batch=args.batch,
         dynamic_batch=args.dynamic_batch, verify_samples=args.verify_samples, tensorrt_check=args.tensorrt_check,
         precision=args.precision, calibration=args.calibration, replace=args.replace,
@@ -169,8 +187,7 @@ def run_profile(argv: Sequence[str]) -> int:
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--weights", type=Path, help="sweep: checkpoint folder")
     weights.add_argument("--random-weights", action="store_true", help="sweep: seeded random weights")
-    p.add_argument("--grid", help="sweep, llava-next: the tile grid RxC")
-    p.add_argument("--image-size", help="sweep, qwen2.5-vl: the image size HxW")
+    add_model_option_arguments(p, "sweep, ")
     add_llm_arguments(p)
     p.add_argument("--runs", type=int, default=10, help="timed runs per stage after warm-up (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
@@ -209,10 +226,9 @@ def run_profile(argv: Sequence[str]) -> int:
         if args.llm_backend == "llama.cpp" and args.llm is None:
             raise UsageError("a sweep's scratch exports have no GGUF: with --llm-backend llama.cpp pass --llm "
                              "FILE.gguf (from vtp-export llm DIR --format gguf on an export of the same model)")
-        model_options = {k: v for k, v in (("grid", args.grid), ("image_size", args.image_size)) if v}
         requests = profiling.sweep_plan(args.model, profiling.parse_methods(args.method),
                                         profiling.parse_keeps(args.keep), args.target, weights=args.weights,
-                                        random_weights=args.random_weights, model_options=model_options)
+                                        random_weights=args.random_weights, model_options=given_model_options(args))
         profiles = profiling.sweep(requests, progress, **timing)
     report = profiling.new_report(profiles)
     written = profiling.write_report(report, args.out, args.replace)

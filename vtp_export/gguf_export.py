@@ -82,7 +82,8 @@ def export_llm(folder: Path, quant: str = "f16", llm_folder: Path | None = None,
     record = read_export(folder)
     model = MODELS.get(record.model.name)
     weights = record.model.weights
-    text_type = read_model_config(model, weights).text_config.model_type
+    config = read_model_config(model, weights)
+    text_type = config.text_config.model_type
     if text_type not in GGUF_TEXT_MODELS:
         raise UsageError(f"vtp-export llm writes LLaMA-architecture GGUFs ({', '.join(GGUF_TEXT_MODELS)}); "
                          f"{model.name}'s LLM is {text_type!r}: run it with the transformers backend")
@@ -95,7 +96,7 @@ def export_llm(folder: Path, quant: str = "f16", llm_folder: Path | None = None,
                                                             dtype="float32" if quant == "f32" else "float16")
             tokenizer_folder = checkpoint
         else:
-            llm = TransformersLanguageModel.random(model, read_model_config(model, weights), weights.seed, llm_layers)
+            llm = TransformersLanguageModel.random(model, config, weights.seed, llm_layers)
             tokenizer_folder = Path(scratch)
             llm.tokenizer.save_pretrained(tokenizer_folder)
         written = write_gguf(llm, tokenizer_folder, folder / gguf_file_name(quant), quant)

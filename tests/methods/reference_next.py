@@ -27,6 +27,8 @@ import math
 import torch
 from torch import Tensor
 
+from tests.methods.reference import holov
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Grid helpers
@@ -278,45 +280,9 @@ def holov_next(projected: Tensor, cls_attention: Tensor, rows: int, cols: int, k
     nothing for an image of the grid's aspect.
     -> (tokens (keep, D) zero-padded, token_index (keep,) with -1 on padding): chunk by chunk, a whole chunk in
     raster order when its quota covers it, else its top-quota tokens by attention in descending order."""
-    m, n, width = projected.shape
     attention = cls_attention[:, :, 1:].float().mean(dim=1)
     sequence, index = next_sequence(projected, rows, cols)
     scores, _ = next_sequence(attention, rows, cols)
-    length = len(sequence)
-    size, extra = divmod(length, chunks)
-    members_list, start = [], 0
-    for c in range(chunks):
-        count = size + (1 if c < extra else 0)
-        if count > 0:
-            members_list.append(torch.arange(start, start + count))
-        start += count
-    chunk_scores = []
-    for members in members_list:
-        tokens, attn = sequence[members], scores[members]
-        count = len(members)
-        if count <= 1:
-            chunk_scores.append(attn.mean())
-            continue
-        unit = tokens / (tokens.norm(dim=1, keepdim=True) + eps)
-        similarity = (unit @ unit.T) * (1 - torch.eye(count))
-        mean = similarity.sum(dim=1) / (count - 1)
-        variance = ((similarity - mean.unsqueeze(1)) ** 2).sum(dim=1) / (count - 1)
-        scaled = attn * 1e3
-        gamma = scaled.abs().mean() / (variance.abs().mean() + eps)
-        chunk_scores.append((scaled + 0.09 * gamma * variance).mean())
-    weights = torch.stack(chunk_scores)
-    weights = weights / (weights.sum() + eps)
-    quota = (weights * keep).floor().long()
-    leftover = keep - int(quota.sum())
-    if leftover > 0:
-        for c in torch.topk(weights, k=min(leftover, len(weights))).indices[:leftover]:
-            quota[c] += 1
-    chosen = []
-    for members, q in zip(members_list, quota.tolist()):
-        if q <= 0:
-            continue
-        chosen.append(members if q >= len(members) else members[torch.topk(scores[members], k=q).indices])
-    picked = torch.cat(chosen)[:keep] if chosen else torch.zeros(0, dtype=torch.long)
-    pad = keep - len(picked)
-    return (torch.cat([sequence[picked], torch.zeros(pad, width, dtype=projected.dtype)]),
-            torch.cat([index[picked], torch.full((pad,), -1, dtype=torch.long)]))
+    tokens, positions = holov(sequence.unsqueeze(0), scores.unsqueeze(0), keep, chunks, eps)  # HoloV() as on LLaVA
+    kept = positions[0]
+    return tokens[0], torch.where(kept >= 1, index[(kept - 1).clamp(min=0)], kept)

@@ -86,10 +86,11 @@ class Pipeline:
                                 "--format gguf --llm-layers N)")
         try:
             record = read_export(folder)
-            config = read_model_config(MODELS.get(record.model.name), record.model.weights)
+            model = MODELS.get(record.model.name)
+            config = read_model_config(model, record.model.weights)
         except VtpError as error:
             raise PipelineError(str(error)) from None
-        policy = position_ids or MODELS.get(record.model.name).default_position_ids
+        policy = position_ids or model.default_position_ids
         if llama_cpp and policy != "sequential":
             raise PipelineError(f"position_ids={policy!r}: llama.cpp needs consecutive positions on LLaMA "
                                 "models; use 'sequential' or the transformers LLM backend")
