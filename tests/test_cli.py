@@ -163,8 +163,8 @@ def test_failed_verification_is_one_line_and_leaves_nothing(tmp_path, capsys, mo
     from vtp_export import exporter
     from vtp_export.verify import Tolerance, compare_with_onnxruntime
 
-    def exact(path, inputs, expected, exact_selection):  # no float difference allowed: rounding must fail it
-        return compare_with_onnxruntime(path, inputs, expected, Tolerance(atol=0.0, rtol=0.0), exact_selection)
+    def exact(path, inputs, expected, exact):  # no float difference allowed: rounding must fail it
+        return compare_with_onnxruntime(path, inputs, expected, Tolerance(atol=0.0, rtol=0.0), exact)
 
     monkeypatch.setattr(exporter, "compare_with_onnxruntime", exact)
     monkeypatch.chdir(tmp_path)

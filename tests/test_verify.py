@@ -31,7 +31,7 @@ INDEX = np.array([[1, 2, 3, 4]])
 def check(path, expected_embeds, expected_index, exact=True):
     inputs = [{"x": EMBEDS, "i": INDEX}]
     return compare_with_onnxruntime(path, inputs, [{IMAGE_EMBEDS: expected_embeds, TOKEN_INDEX: expected_index}],
-                                    exact_selection=exact)
+                                    exact=[exact])
 
 
 def test_agreement_is_recorded(passthrough):

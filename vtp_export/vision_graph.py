@@ -22,3 +22,8 @@ class VisionGraph(nn.Module):
 
     def forward(self, pixel_values: Tensor, text_embeds: Tensor | None = None) -> tuple[Tensor, ...]:
         return self.method(self.features(pixel_values, text_embeds), self.projector)
+
+    def from_scoring_input(self, x: Tensor, text_embeds: Tensor | None = None) -> tuple[Tensor, ...]:
+        """forward() from the hidden states entering the tower's scoring layer (features.scoring_input)."""
+        features = self.features.method_inputs(self.features.scoring_layer(x), text_embeds)
+        return self.method(features, self.projector)

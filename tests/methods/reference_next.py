@@ -27,7 +27,7 @@ import math
 import torch
 from torch import Tensor
 
-from tests.methods.reference import holov
+from tests.methods.reference import OFFICIAL_GAIN_ROUNDING, holov
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def vispruner_next(hidden: Tensor, cls_attention: Tensor, rows: int, cols: int, 
 # ----------------------------------------------------------------------------------------------------------------
 
 def cdpruner_next(projected: Tensor, clip_patch_embeds: Tensor, text_embeds: Tensor, rows: int, cols: int,
-                  keep_per_crop: int, relevance_scope: str = "image", exhausted_gain: float = 1e-3
+                  keep_per_crop: int, relevance_scope: str = "image", exhausted_gain: float = OFFICIAL_GAIN_ROUNDING
                   ) -> tuple[Tensor, Tensor]:
     """projected (M, N, D) post-projector patches; clip_patch_embeds (M, N, P); text_embeds (T, P) or (P,):
     the question's CLIP text embedding(s), T = 77-token segments (the same text for every crop).

@@ -97,9 +97,16 @@ class ClipFeatures(nn.Module):
 
     def tower_features(self, pixel_values: Tensor) -> VisionFeatures:
         """The tower up to and with the feature layer (and its CLS attention row where the method needs it)."""
+        return self.scoring_layer(self.scoring_input(pixel_values))
+
+    def scoring_input(self, pixel_values: Tensor) -> Tensor:
+        """The hidden states entering the feature layer."""
         x = self.pre_layrnorm(self.embeddings(pixel_values))
         for encoder_layer in self.layers:
             x = encoder_layer(x, None)
+        return x
+
+    def scoring_layer(self, x: Tensor) -> VisionFeatures:
         return run_feature_layer(self.feature_layer, x, getattr(self, "scores", None))
 
     def method_inputs(self, features: VisionFeatures, text_embeds: Tensor | None) -> VisionFeatures:
@@ -126,6 +133,12 @@ class AnyResCrops(nn.Module):
 
     def tower_features(self, pixel_values: Tensor) -> VisionFeatures:
         return self.features.tower_features(pixel_values.flatten(0, 1))
+
+    def scoring_input(self, pixel_values: Tensor) -> Tensor:
+        return self.features.scoring_input(pixel_values.flatten(0, 1))
+
+    def scoring_layer(self, x: Tensor) -> VisionFeatures:
+        return self.features.scoring_layer(x)
 
     def method_inputs(self, features: VisionFeatures, text_embeds: Tensor | None) -> VisionFeatures:
         if text_embeds is not None:

@@ -223,10 +223,17 @@ class QwenFeatures(nn.Module):
         return slots * self.slot_valid if self.layout.has_pad else slots
 
     def tower_features(self, pixel_values: Tensor) -> VisionFeatures:
+        return self.scoring_layer(self.scoring_input(pixel_values))
+
+    def scoring_input(self, pixel_values: Tensor) -> Tensor:
+        """The slots entering the last block, which the scores are read from."""
         x = self.embed(pixel_values)
-        *body, last = self.blocks
-        for block in body:
+        for block in self.blocks[:-1]:
             x, _ = block(x, self.cos, self.sin, self.key_mask(block))
+        return x
+
+    def scoring_layer(self, x: Tensor) -> VisionFeatures:
+        last = self.blocks[-1]
         x, received = last(x, self.cos, self.sin, self.key_mask(last), getattr(self, "scores", None))
         batch, slots, width = x.shape
         units = x.reshape(batch, slots // self.layout.unit, width * self.layout.unit).index_select(1, self.unit_of_token)
