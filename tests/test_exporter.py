@@ -27,6 +27,8 @@ from vtp_export.precision import graph_precision
 from vtp_export.random_inputs import random_pixel_values
 from vtp_export.weights import CLIP_SUBFOLDER
 
+pytestmark = pytest.mark.slow
+
 TINY = "llava15-tiny"
 GOLDEN = {(model, name): spec for model in GOLDEN_KEEPS for name, spec in golden_exports(model).items()}
 TINY_GOLDEN = {name: spec for (model, name), spec in GOLDEN.items() if model == TINY}

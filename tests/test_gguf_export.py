@@ -17,6 +17,8 @@ from vtp_export.records import read_export, sha256
 from vtp_export.runtime.llama_cpp_llm import LlamaCppLanguageModel
 from vtp_export.runtime.transformers_llm import TransformersLanguageModel
 
+pytestmark = [pytest.mark.slow, pytest.mark.llama]
+
 gguf = pytest.importorskip("gguf")
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from vtp_export.interrupts import deferred_interrupt
 
+pytestmark = pytest.mark.slow
+
 
 def test_an_interrupt_inside_is_raised_once_the_block_is_left():
     with pytest.raises(KeyboardInterrupt):

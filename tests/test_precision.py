@@ -7,7 +7,6 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-import tensorrt_rtx_bindings
 import torch
 from onnx import TensorProto, helper
 from PIL import Image
@@ -31,6 +30,9 @@ from vtp_export.targets import TARGETS
 from vtp_export.random_inputs import verification_inputs
 from vtp_export.records import GraphRecord, TensorSpec
 from vtp_export.verify import torch_outputs
+
+pytestmark = pytest.mark.slow
+
 
 PRECISIONS = ("fp16", "bf16", "int8", "fp8")
 TINY = MODELS.get("llava15-tiny")
@@ -147,8 +149,11 @@ def test_int8_and_fp8_figures(graphs, fp32_graph, precision):
     assert graphs[precision][1]["quantized_tensors"] > 0 and graphs[precision][1]["remainder"]["precision"] == "fp16"
 
 
+@pytest.mark.trt
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_tensorrt_rtx_builds_every_precision_strongly_typed(graphs, tmp_path, precision):
+    tensorrt_rtx_bindings = pytest.importorskip("tensorrt_rtx_bindings",
+                                                reason="TensorRT-RTX (the [tensorrt-check] extra) is not installed")
     path, _ = graphs[precision]
     signature = graph_signature(path)
     graph = GraphRecord(file=path.name, sha256="", external_data={}, opset=signature["opset"], nodes=0,

@@ -12,6 +12,8 @@ from vtp_export.errors import RecordError, UsageError
 from vtp_export.exporter import ExportRequest, export
 from vtp_export.records import PROFILE_SCHEMA, read_report
 
+pytestmark = pytest.mark.slow
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -34,6 +34,7 @@ def test_ci_runs_the_quickstart_install_and_test_command():
     assert ci[-1] == TEST
 
 
+@pytest.mark.slow
 def test_quickstart_main_job(tmp_path):
     """The design card's command, full size with random weights, as the Quickstart runs it."""
     command = shlex.split(SETUP.split(" && ")[-1])
@@ -51,6 +52,7 @@ EXAMPLES = [line for section in ("Command line", "Models") for block in code_blo
             if "-tiny " in line or line.strip() == "vtp-export methods"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("line", EXAMPLES)
 def test_readme_example_runs(line, tmp_path):
     args = shlex.split(line)

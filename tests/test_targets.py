@@ -81,3 +81,23 @@ def test_a_target_is_named_like_its_file(tmp_path):
                            'tensorrt_min = "10.3"\ntensorrt_max = "10.3"\n')
     with pytest.raises(ValueError, match="name 'bad' differs from the file name 'other'"):
         load_target(path)
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_every_target_file(tmp_path):
+    """An installed package knows its targets: the TOML files are package data, not files beside the repo."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root, source = Path(__file__).resolve().parent.parent, tmp_path / "source"  # setuptools writes build/ there
+    shutil.copytree(root / "vtp_export", source / "vtp_export", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
+                    str(source)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("vtp_export-*.whl")
+    shipped = {Path(name).stem for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".toml")}
+    assert shipped == set(TARGETS.names())

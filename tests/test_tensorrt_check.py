@@ -9,6 +9,8 @@ from vtp_export.errors import TensorRTParseError
 from vtp_export.tensorrt_check import available_builder, check_with_tensorrt_parser
 from vtp_export.verify import onnxruntime_session
 
+pytestmark = pytest.mark.trt
+
 
 @pytest.fixture
 def scatter_into_smaller_buffer(tmp_path):

@@ -18,6 +18,8 @@ from vtp_export.records import read_export
 from vtp_export.runtime.tokenizer import stand_in_clip_tokenizer
 from vtp_export.weights import CLIP_SUBFOLDER, WeightsFolder, read_model_config
 
+pytestmark = pytest.mark.slow
+
 VISION = dict(hidden_size=72, intermediate_size=144, num_hidden_layers=5, num_attention_heads=6, image_size=224,
               patch_size=14, projection_dim=24, hidden_act="quick_gelu")
 TEXT = dict(model_type="llama", hidden_size=104, intermediate_size=208, num_hidden_layers=2, num_attention_heads=4,

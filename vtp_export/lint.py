@@ -1,7 +1,7 @@
 """Static TensorRT-compatibility lint of an ONNX graph against a target, without TensorRT.
 
 Complements the TensorRT-RTX parser check: that parser is TensorRT 10's, so the rules of older TensorRT
-versions a target ships (JetPack 5: TensorRT 8.5) are stated here, as target data (targets/*.toml).
+versions a target ships (JetPack 5: TensorRT 8.5) are stated here, as target data (target_data/*.toml).
 """
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Deployment targets, one TOML data file each under targets/."""
+"""Deployment targets, one TOML data file each under target_data/ (package data: an installed wheel has them)."""
 
 import tomllib
 from dataclasses import dataclass, fields
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from vtp_export.registry import Registry
 
-TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+TARGETS_DIR = Path(__file__).resolve().parent / "target_data"
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8")
 FP8_MIN_SM = 89  # Ada and later
 BF16_MIN_SM = 80  # Ampere and later

@@ -27,6 +27,8 @@ from vtp_export.models import MODELS
 from vtp_export.verify import MIN_SET_OVERLAP, determined_references
 from vtp_export.vision_graph import VisionGraph
 
+pytestmark = pytest.mark.slow
+
 ATOL, RTOL = 1e-5, 1e-5
 IMAGES_PER_CASE = 8  # images tried for one whose selection is clear of float32 ties
 LLAVA15_SHAPES = [draw_shape(i) for i in range(10)]

@@ -14,6 +14,8 @@ from vtp_export.gguf_export import write_gguf
 from vtp_export.runtime.llama_cpp_llm import LlamaCppLanguageModel
 from vtp_export.runtime.llm import Segment
 
+pytestmark = pytest.mark.llama
+
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gguf")
 

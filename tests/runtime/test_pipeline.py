@@ -18,6 +18,8 @@ from tests.runtime.hf_reference import exports_on_demand, hf_ids_with_pruning
 from vtp_export.models import MODELS
 from vtp_export.runtime import Pipeline
 
+pytestmark = pytest.mark.slow
+
 LLAVA15 = MODELS.get("llava15")
 IMAGE_TOKEN = LLAVA15.image_token
 

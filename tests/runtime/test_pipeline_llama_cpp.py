@@ -24,6 +24,8 @@ from vtp_export.records import read_export, write_json
 from vtp_export.runtime import Pipeline
 from vtp_export.runtime.tokenizer import stand_in_llama_tokenizer
 
+pytestmark = [pytest.mark.slow, pytest.mark.llama]
+
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gguf")
 

@@ -14,6 +14,8 @@ from tests.runtime.hf_reference import exports_on_demand, hf_ids_with_pruning
 from vtp_export.models import MODELS
 from vtp_export.runtime import Pipeline
 
+pytestmark = pytest.mark.slow
+
 NEXT = MODELS.get("llava-next")
 QUESTION = "What is in the picture?"
 NEW_TOKENS = 6

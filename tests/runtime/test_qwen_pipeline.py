@@ -16,6 +16,8 @@ from vtp_export.runtime import Pipeline
 from vtp_export.vision_graph import VisionGraph
 from vtp_export.weights import WeightsFolder, read_model_config
 
+pytestmark = pytest.mark.slow
+
 QWEN = MODELS.get("qwen2.5-vl")
 SIZE = {"image_size": "224x336"}  # 8 x 12 merged tokens: a non-square grid, so h and w positions differ
 TOKENS = 96
