@@ -2,6 +2,7 @@
 random weights and a saved checkpoint; every quant loads in llama.cpp; both tokenizer kinds convert; a failed
 conversion leaves nothing; the `llm` command records the file in the export's typed record."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from vtp_export.cli import main
 from vtp_export.errors import ExportError, WeightsError
 from vtp_export.exporter import ExportRequest, export
 from vtp_export.gguf_export import QUANTS, rope_interleaved, write_gguf
-from vtp_export.records import read_export, sha256
+from vtp_export.graph_io import CONFIG_JSON
+from vtp_export.records import LlmFile, read_export, sha256
 from vtp_export.runtime.llama_cpp_llm import LlamaCppLanguageModel
 from vtp_export.runtime.transformers_llm import TransformersLanguageModel
 
@@ -218,9 +220,9 @@ def test_llm_command_converts_the_exports_llm_and_records_it(random_export, caps
     assert "wrote" in capsys.readouterr().out
     record = read_export(random_export)  # typed, and every file it lists is there
     path = random_export / "llm-f16.gguf"
-    assert record.llm == {"format": "gguf", "file": "llm-f16.gguf", "quant": "f16", "sha256": sha256(path),
-                          "bytes": path.stat().st_size, "n_vocab": 32064, "n_embd": 64, "n_layer": 2,
-                          "tokenizer": "gpt2", "source": "random(seed=3)"}
+    assert record.llm == LlmFile(file="llm-f16.gguf", quant="f16", sha256=sha256(path), bytes=path.stat().st_size,
+                                 n_vocab=32064, n_embd=64, n_layer=2, tokenizer="gpt2", source="random(seed=3)")
+    assert json.loads((random_export / CONFIG_JSON).read_text())["llm"]["format"] == "gguf"
     assert "vision" in record.graphs and record.model.name == "llava15-tiny"  # the rest of the record is kept
     _, tensors = fields(path)
     seeded = TransformersLanguageModel.random(TINY, TINY.default_config(), 3)  # the transformers backend's LLM
@@ -233,15 +235,14 @@ def test_llm_command_cuts_a_random_llm_and_replaces_the_recorded_file(random_exp
     assert main(["llm", str(random_export), "--format", "gguf", "--quant", "f16"]) == 0
     assert main(["llm", str(random_export), "--format", "gguf", "--quant", "q8_0", "--llm-layers", "1"]) == 0
     record = read_export(random_export)
-    assert (record.llm["file"], record.llm["n_layer"], record.llm["source"]) == ("llm-q8_0.gguf", 1,
-                                                                                  "random(seed=3, 1 layers)")
+    assert (record.llm.file, record.llm.n_layer, record.llm.source) == ("llm-q8_0.gguf", 1, "random(seed=3, 1 layers)")
     assert sorted(p.name for p in random_export.glob("*.gguf")) == ["llm-q8_0.gguf"], "the earlier file is gone"
 
 
 def test_llm_command_takes_another_checkpoint(random_export, tiny_checkpoint, capsys):
     assert main(["llm", str(random_export), "--format", "gguf", "--quant", "f32", "--llm", str(tiny_checkpoint)]) == 0
     record = read_export(random_export)
-    assert record.llm["source"] == str(tiny_checkpoint) and record.llm["quant"] == "f32"
+    assert record.llm.source == str(tiny_checkpoint) and record.llm.quant == "f32"
     _, tensors = fields(random_export / "llm-f32.gguf")
     checkpoint = TransformersLanguageModel.from_checkpoint(TINY, tiny_checkpoint, record.model.geometry)
     np.testing.assert_array_equal(tensors["output.weight"].data, checkpoint.head.weight.detach().numpy())

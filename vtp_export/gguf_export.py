@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from vtp_export.errors import ExportError, UsageError, WeightsError
 from vtp_export.graph_io import CONFIG_JSON
 from vtp_export.models import MODELS
 from vtp_export.output_folder import current_umask
-from vtp_export.records import read_export, sha256, write_json
+from vtp_export.records import LlmFile, read_export, sha256, write_json
 from vtp_export.runtime.transformers_llm import TransformersLanguageModel
 from vtp_export.weights import WeightsFolder, read_model_config
 
@@ -35,22 +35,6 @@ QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 # a BPE vocabulary and gguf's writer cannot write an empty array: one merge of two multi-character filler
 # symbols stands in. BPE merges adjacent symbols, which start as single characters, so it never applies.
 INERT_MERGE = "<extra_inert_a> <extra_inert_b>"
-
-
-@dataclass
-class GgufFile:
-    file: str
-    quant: str
-    sha256: str
-    bytes: int
-    n_vocab: int
-    n_embd: int
-    n_layer: int
-    tokenizer: str  # llama.cpp's tokenizer model: "llama" (SentencePiece) or "gpt2" (byte-level BPE)
-    source: str  # the LLM's weights: a checkpoint folder or random(seed=...)
-
-    def as_record(self) -> dict:
-        return {"format": "gguf"} | asdict(self)
 
 
 @dataclass
@@ -71,7 +55,7 @@ def gguf_file_name(quant: str) -> str:
 
 
 def export_llm(folder: Path, quant: str = "f16", llm_folder: Path | None = None,
-               llm_layers: int | None = None) -> GgufFile:
+               llm_layers: int | None = None) -> LlmFile:
     """Convert the LLM of export folder `folder` (its checkpoint's, or `llm_folder`'s; seeded random weights cut
     to `llm_layers` for a random-weight export) to folder/llm-<quant>.gguf and record it in its config.json,
     in place of any GGUF recorded before."""
@@ -100,13 +84,13 @@ def export_llm(folder: Path, quant: str = "f16", llm_folder: Path | None = None,
             tokenizer_folder = Path(scratch)
             llm.tokenizer.save_pretrained(tokenizer_folder)
         written = write_gguf(llm, tokenizer_folder, folder / gguf_file_name(quant), quant)
-    write_json(folder / CONFIG_JSON, dataclasses.replace(record, llm=written.as_record()))
-    if record.llm is not None and record.llm["file"] != written.file:
-        (folder / record.llm["file"]).unlink(missing_ok=True)  # the folder holds what its record lists
+    write_json(folder / CONFIG_JSON, dataclasses.replace(record, llm=written))
+    if record.llm is not None and record.llm.file != written.file:
+        (folder / record.llm.file).unlink(missing_ok=True)  # the folder holds what its record lists
     return written
 
 
-def write_gguf(llm: TransformersLanguageModel, tokenizer_folder: Path, out: Path, quant: str = "f16") -> GgufFile:
+def write_gguf(llm: TransformersLanguageModel, tokenizer_folder: Path, out: Path, quant: str = "f16") -> LlmFile:
     """Write `llm` with the tokenizer files of `tokenizer_folder` to `out` (a temp file renamed into place)."""
     if quant not in QUANTS:
         raise UsageError(f"quant {quant!r} is not one of {', '.join(QUANTS)}")
@@ -124,7 +108,7 @@ def write_gguf(llm: TransformersLanguageModel, tokenizer_folder: Path, out: Path
                 quantize(f16, stage, quant)
             finally:
                 f16.unlink(missing_ok=True)
-    return GgufFile(out.name, quant, sha256(out), out.stat().st_size, config.vocab_size, config.hidden_size,
+    return LlmFile(out.name, quant, sha256(out), out.stat().st_size, config.vocab_size, config.hidden_size,
                     config.num_hidden_layers, vocab.model, llm.source)
 
 

@@ -99,6 +99,22 @@ class DeviceBuild:
     commands: list[str]
 
 
+@dataclass(frozen=True)
+class LlmFile:
+    """The export's LLM converted for the device (vtp-export llm): a GGUF for llama.cpp."""
+
+    file: str
+    quant: str
+    sha256: str
+    bytes: int
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    tokenizer: str  # llama.cpp's tokenizer model: "llama" (SentencePiece) or "gpt2" (byte-level BPE)
+    source: str  # the LLM's weights: a checkpoint folder or random(seed=...)
+    format: str = "gguf"
+
+
 @dataclass
 class ExportRecord:
     """config.json of an export folder."""
@@ -116,7 +132,7 @@ class ExportRecord:
     versions: dict[str, str]
     timings: dict[str, float]
     device_build: DeviceBuild | None = None
-    llm: dict[str, Any] | None = None  # the LLM converted for the device (vtp-export llm)
+    llm: LlmFile | None = None
 
     def files(self) -> list[str]:
         """Every file the export wrote besides config.json."""
@@ -124,7 +140,7 @@ class ExportRecord:
         if self.device_build is not None:
             names.append(self.device_build.script)
         if self.llm is not None:
-            names.append(self.llm["file"])
+            names.append(self.llm.file)
         return names
 
 

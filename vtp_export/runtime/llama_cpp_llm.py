@@ -337,8 +337,8 @@ def open_gguf(folder: Path, record: ExportRecord, llm: str | Path | None) -> Lla
         if record.llm is None:
             raise PipelineError(f"{folder} has no GGUF of its LLM: write one with vtp-export llm {folder} --format gguf"
                                 " (or pass a GGUF file as llm / --llm)")
-        path = folder / record.llm["file"]
-        if sha256(path) != record.llm["sha256"]:
+        path = folder / record.llm.file
+        if sha256(path) != record.llm.sha256:
             raise PipelineError(f"{path} does not match the sha256 its config.json records: the file was changed "
                                 f"after conversion; convert again with vtp-export llm {folder} --format gguf")
     else:
@@ -349,9 +349,9 @@ def open_gguf(folder: Path, record: ExportRecord, llm: str | Path | None) -> Lla
         if model.hidden_size != width:
             raise PipelineError(f"{path}: the LLM is {model.hidden_size} wide; the export's image embeddings are "
                                 f"{width} wide")
-        if record.llm is not None and model.vocab_size != record.llm["n_vocab"]:
+        if record.llm is not None and model.vocab_size != record.llm.n_vocab:
             raise PipelineError(f"{path}: the LLM has {model.vocab_size} tokens; the export's GGUF (config.json) has "
-                                f"{record.llm['n_vocab']}")
+                                f"{record.llm.n_vocab}")
         placeholder = MODELS.get(record.model.name).image_token
         ids = model.tokenize(placeholder, add_bos=False)
         if len(ids) != 1:
