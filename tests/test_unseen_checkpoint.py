@@ -65,7 +65,7 @@ def test_export_verifies_and_equals_the_official_code(checkpoints, tmp_path, mod
     out = export(ExportRequest(model=model, method=method, keep=keep, target="cpu", weights=folder,
                                model_options=options, out=tmp_path / "export"))
     verification = read_export(out).graphs["vision"].verification
-    assert verification["passed"] and verification["selection"] == "identical"
+    assert verification.passed and verification.selection == "identical"
 
     adapter = MODELS.get(model)
     config = read_model_config(adapter, WeightsFolder(folder))

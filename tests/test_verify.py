@@ -36,7 +36,7 @@ def check(path, expected_embeds, expected_index, exact=True):
 
 def test_agreement_is_recorded(passthrough):
     record = check(passthrough, EMBEDS, INDEX)
-    assert record["passed"] and record["selection"] == "identical" and record["max_abs_diff"][IMAGE_EMBEDS] == 0
+    assert record.passed and record.selection == "identical" and record.max_abs_diff[IMAGE_EMBEDS] == 0
 
 
 def test_other_indices_are_an_index_mismatch(passthrough):
@@ -59,7 +59,7 @@ def test_chaotic_selection_compares_overlap_and_shared_tokens(passthrough):
     expected_index = np.array([[2, 1, 9, 3]])
     expected_embeds = EMBEDS[:, [1, 0, 3, 2]].copy()
     record = check(passthrough, expected_embeds, expected_index, exact=False)
-    assert record["selection"] == "set overlap >= 0.750"
+    assert record.selection == "set overlap >= 0.750"
     expected_embeds[0, 0] += 1.0  # token 2's embedding now differs
     with pytest.raises(ToleranceError):
         check(passthrough, expected_embeds, expected_index, exact=False)

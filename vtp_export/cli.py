@@ -286,14 +286,14 @@ def summary(out: Path) -> str:
     for graph in record.graphs.values():
         check = graph.verification
         shapes = "  ".join(f"{v.name} {v.shape}" for v in graph.outputs)
-        diffs = ", ".join(f"{name} max |diff| {value:.2e}" for name, value in check["max_abs_diff"].items())
-        selection = f"token_index {check['selection']}, " if "selection" in check else ""
-        passed_over = check.get("near_tie_samples_passed_over", 0)
+        diffs = ", ".join(f"{name} max |diff| {value:.2e}" for name, value in check.max_abs_diff.items())
+        selection = f"token_index {check.selection}, " if check.selection else ""
+        passed_over = check.near_tie_samples_passed_over
         ties = f" ({passed_over} more passed over: near-tied scores)" if passed_over else ""
         lines += [
             f"  {graph.file}: {graph.nodes} nodes, opset {graph.opset}, {shapes}",
             f"    {'fp32 graph ' if graph.precision and 'fidelity' in graph.precision else ''}verified against "
-            f"PyTorch on {check['samples']} random batches{ties}: {selection}{diffs}",
+            f"PyTorch on {check.samples} random batches{ties}: {selection}{diffs}",
         ]
         if graph.precision is not None and "fidelity" in graph.precision:
             lines.append("    " + precision_line(graph.precision))

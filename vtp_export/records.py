@@ -37,6 +37,21 @@ class TensorSpec:
 
 
 @dataclass
+class Verification:
+    """How a graph was checked against the PyTorch module it came from (verify.compare_with_onnxruntime)."""
+
+    backend: str
+    samples: int
+    batch: int
+    max_abs_diff: dict[str, float]  # output name -> largest |onnx - torch|
+    max_abs: dict[str, float]  # output name -> largest |torch|
+    tolerance: dict[str, float]  # atol, rtol
+    passed: bool
+    selection: str | None = None  # vision graphs: "identical", or how the kept sets overlap
+    near_tie_samples_passed_over: int = 0  # random samples whose selection sits within rounding of a tie
+
+
+@dataclass
 class GraphRecord:
     file: str
     sha256: str
@@ -46,7 +61,7 @@ class GraphRecord:
     outputs: list[TensorSpec]
     nodes: int
     dynamic_batch: bool
-    verification: dict[str, Any] = field(default_factory=dict)
+    verification: Verification | None = None
     lint: dict[str, Any] | None = None
     float32_nodes: list[str] = field(default_factory=list)
     tensorrt_parser: dict[str, Any] | None = None
@@ -179,7 +194,7 @@ class EngineRecord:
     target: str
     precision: str
     engines: dict[str, EngineFile]
-    export_verification: dict[str, Any]
+    export_verification: dict[str, Verification | None]
     parity_with_onnxruntime: dict[str, Any]
     jetpack: str | None = None
 

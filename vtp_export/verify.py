@@ -15,6 +15,7 @@ from vtp_export.errors import IndexMismatchError, ShapeMismatchError, ToleranceE
 from vtp_export.graph_io import IMAGE_EMBEDS, TOKEN_INDEX
 from vtp_export.onnxruntime_sessions import onnxruntime_session
 from vtp_export.random_inputs import Arrays
+from vtp_export.records import Verification
 
 if TYPE_CHECKING:
     from vtp_export.vision_graph import VisionGraph
@@ -157,7 +158,7 @@ def determined_references(graph: "VisionGraph", candidates: list[Arrays], count:
 
 
 def compare_with_onnxruntime(path: Path, inputs: list[Arrays], expected: list[Arrays],
-                             tolerance: Tolerance = Tolerance(), exact: list[bool] | None = None) -> dict:
+                             tolerance: Tolerance = Tolerance(), exact: list[bool] | None = None) -> Verification:
     """Run the graph on each sample; raise a VerificationError subclass on any disagreement with `expected`.
 
     Integer outputs must be identical; float outputs agree within `tolerance`. On samples whose selection is
@@ -206,19 +207,12 @@ def compare_with_onnxruntime(path: Path, inputs: list[Arrays], expected: list[Ar
                     f"sample {sample}: {name} differs from PyTorch by up to {error.max():.3g} "
                     f"(tolerance atol={tolerance.atol:g}, rtol={tolerance.rtol:g})"
                 )
-    record = {
-        "backend": f"onnxruntime {ort.__version__} CPUExecutionProvider",
-        "samples": len(inputs),
-        "batch": int(next(iter(inputs[0].values())).shape[0]),
-        "max_abs_diff": worst,
-        "max_abs": largest,
-        "tolerance": asdict(tolerance),
-        "passed": True,
-    }
+    selection = None
     if TOKEN_INDEX in expected[0]:
         identical = sum(exact)
-        record["selection"] = ("identical" if identical == len(exact) else
-                               f"set overlap >= {overlap:.3f}" if not identical else
-                               f"identical on {identical}, set overlap >= {overlap:.3f} on {len(exact) - identical} "
-                               "near-tied")
-    return record
+        selection = ("identical" if identical == len(exact) else
+                     f"set overlap >= {overlap:.3f}" if not identical else
+                     f"identical on {identical}, set overlap >= {overlap:.3f} on {len(exact) - identical} near-tied")
+    return Verification(backend=f"onnxruntime {ort.__version__} CPUExecutionProvider", samples=len(inputs),
+                        batch=int(next(iter(inputs[0].values())).shape[0]), max_abs_diff=worst, max_abs=largest,
+                        tolerance=asdict(tolerance), passed=True, selection=selection)
