@@ -11,7 +11,7 @@ import onnxruntime as ort
 import torch
 
 from vtp_export.agreement import matched_rows, set_overlap
-from vtp_export.errors import IndexMismatchError, ShapeMismatchError, ToleranceError, VerificationError
+from vtp_export.errors import IndexMismatchError, ShapeMismatchError, ToleranceError
 from vtp_export.graph_io import IMAGE_EMBEDS, TOKEN_INDEX
 from vtp_export.onnxruntime_sessions import onnxruntime_session
 from vtp_export.random_inputs import Arrays

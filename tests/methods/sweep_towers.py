@@ -6,7 +6,6 @@ picked to pass: image size and patch grid, heads, head width, depth, feature lay
 joint width, and flat or peaked attention (q/k projections scaled x6, as in a trained CLIP).
 """
 
-import math
 import os
 import random
 from dataclasses import dataclass
@@ -177,10 +176,6 @@ def drawn_keeps(limit: int, minimum: int, num_patches: int, seed: int) -> list[i
     third = max(minimum, num_patches // 3 + rng.randint(-3, 3))
     near = max(minimum, limit - rng.randint(0, 3))
     return sorted({min(k, limit) for k in (small, third, near)})
-
-
-def side(num_patches: int) -> int:
-    return math.isqrt(num_patches)
 
 
 QWEN = MODELS.get("qwen2.5-vl")

@@ -1,4 +1,4 @@
-"""Parity sweep: every method with official code, on LLaVA-1.5 and LLaVA-NeXT towers of drawn shapes
+"""Parity sweep: every method with official code, on LLaVA-1.5, LLaVA-NeXT and Qwen2.5-VL towers of drawn shapes
 (tests/methods/sweep_towers.py), at drawn keeps across the range (small, about N/3, near N or the kernel's rank),
 against the eager re-statements of the official code (tests/methods/reference*.py) fed by HF's own modules.
 
