@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from vtp_export.models import MODELS
-from vtp_export.runtime.llm import Segment
-from vtp_export.runtime.transformers_llm import TransformersLanguageModel
+from vtp_export.runtime.llm.protocol import Segment
+from vtp_export.runtime.llm.transformers import TransformersLanguageModel
 
 TINY = MODELS.get("llava15-tiny")
 WORDS = ("the a picture of cat dog sits on red blue green table chair what is in image describe color many two "

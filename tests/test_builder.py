@@ -5,13 +5,12 @@ import json
 
 import pytest
 
-from vtp_export.builder import build, build_engine, why_not_here
+from vtp_export.trt.builder import build, build_engine, why_not_here
 from vtp_export.cli import main
-from vtp_export.engine import Device
+from vtp_export.trt.device import Device
 from vtp_export.errors import RecordError, UsageError
-from vtp_export.exporter import ExportRequest, export
-from vtp_export.recipe import BUILD_SCRIPT, trtexec_arguments
-from vtp_export.records import GraphRecord, TensorSpec, read_export
+from vtp_export.trt.recipe import BUILD_SCRIPT, trtexec_arguments
+from vtp_export.records.export import GraphRecord, TensorSpec, read_export
 from vtp_export.targets import TARGETS
 
 tensorrt_rtx_bindings = pytest.importorskip("tensorrt_rtx_bindings",
@@ -24,10 +23,10 @@ NO_TENSORRT = Device(tensorrt=None, gpu_name=None, sm=None, jetpack=None)
 
 
 @pytest.fixture(scope="module")
-def orin_trim(tmp_path_factory):
-    out = tmp_path_factory.mktemp("build") / "trim"
-    return export(ExportRequest(model="llava15-tiny", method="trim", keep=16, target="orin", out=out,
-                                verify_samples=1, dynamic_batch=True))
+def orin_trim(cached_export):
+    """Read only: no test here builds into it or rewrites its recipe (a build without TensorRT at the recorded
+    precision writes nothing; the session cache checks)."""
+    return cached_export("llava15-tiny", "trim", 16, "orin", verify_samples=1, dynamic_batch=True)
 
 
 def test_cross_target_explains_how_to_build_on_the_device(orin_trim):
@@ -52,9 +51,9 @@ def test_strongly_typed_recipe_builds_the_graphs_precision(orin_trim):
     assert read_export(orin_trim).device_build.precision == "fp16"
 
 
-def test_weakly_typed_build_at_another_precision_rewrites_the_recipe_and_its_record(tmp_path):
-    out = export(ExportRequest(model="llava15-tiny", method="fastervlm", keep=8, target="jetpack5-orin",
-                               out=tmp_path / "e", verify_samples=1))
+def test_weakly_typed_build_at_another_precision_rewrites_the_recipe_and_its_record(cached_export, tmp_path):
+    # a copy: the build rewrites the recipe and the record (tests/test_exporter.py reads the cached one)
+    out = cached_export.copy(tmp_path / "e", "llava15-tiny", "fastervlm", 16, "jetpack5-orin", verify_samples=1)
     script = out / BUILD_SCRIPT
     assert "--precisionConstraints=obey" in script.read_text()
     build(out, precision="fp32", device=NO_TENSORRT)
@@ -101,9 +100,8 @@ def test_not_an_export_folder(tmp_path):
         read_export(tmp_path)
 
 
-def test_cpu_export_has_no_engine(tmp_path):
-    out = export(ExportRequest(model="llava15-tiny", method="fastervlm", keep=8, target="cpu", out=tmp_path / "e",
-                               verify_samples=1))
+def test_cpu_export_has_no_engine(cached_export):
+    out = cached_export("llava15-tiny", "fastervlm", 64, "cpu", verify_samples=1)  # a golden export
     with pytest.raises(UsageError, match="runs onnxruntime: there is no engine to build"):
         build(out)
 
@@ -136,7 +134,7 @@ def test_builder_path_builds_engines_with_tensorrt_rtx(orin_trim, tmp_path):
 def no_tensorrt_here(monkeypatch):
     """The command line as on a machine without TensorRT or a GPU, wherever the suite runs (a Jetson with
     TensorRT would otherwise take the on-device build branch)."""
-    from vtp_export import builder
+    from vtp_export.trt import builder
 
     monkeypatch.setattr(builder, "this_device", lambda: NO_TENSORRT)
 

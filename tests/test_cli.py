@@ -160,8 +160,8 @@ def test_console_script_error_has_no_traceback(tmp_path):
 
 
 def test_failed_verification_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
-    from vtp_export import exporter
-    from vtp_export.verify import Tolerance, compare_with_onnxruntime
+    from vtp_export.export import job as exporter
+    from vtp_export.export.verify import Tolerance, compare_with_onnxruntime
 
     def exact(path, inputs, expected, exact):  # no float difference allowed: rounding must fail it
         return compare_with_onnxruntime(path, inputs, expected, Tolerance(atol=0.0, rtol=0.0), exact)

@@ -4,28 +4,27 @@ graphs of a TensorRT target through the TensorRT parser and a CPU engine build."
 
 import hashlib
 import json
-import shutil
 
 import numpy as np
 import pytest
 
-from vtp_export.exporter import ExportRequest, export
-from vtp_export.graph_io import (
+from vtp_export.export.job import export
+from vtp_export.export.plan import ExportRequest
+from vtp_export.onnx.names import (
     CONFIG_JSON, IMAGE_EMBEDS, INPUT_IDS, NUM_VALID, PIXEL_VALUES, TEXT_EMBEDS, TEXT_ONNX, TOKEN_INDEX, VISION_ONNX,
 )
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
-from vtp_export.recipe import BUILD_SCRIPT
-from vtp_export.lint import lint_graph
-from vtp_export.signature import (
-    GOLDEN_KEEPS, golden_exports, golden_path, golden_text_path, graph_signature, read_signature,
-)
+from vtp_export.trt.recipe import BUILD_SCRIPT
+from vtp_export.trt.lint import lint_graph
+from tests.goldens import GOLDEN_KEEPS, golden_exports, golden_path, golden_text_path, read_signature
+from vtp_export.onnx.signature import graph_signature
 from vtp_export.targets import TARGETS
-from vtp_export.tensorrt_check import check_with_tensorrt_parser
-from vtp_export.onnxruntime_sessions import onnxruntime_session
-from vtp_export.precision import graph_precision
-from vtp_export.random_inputs import random_pixel_values
-from vtp_export.weights import CLIP_SUBFOLDER
+from vtp_export.trt.parser import check_with_tensorrt_parser
+from vtp_export.onnx.sessions import onnxruntime_session
+from vtp_export.precision.transforms import graph_precision
+from vtp_export.onnx.inputs import random_pixel_values
+from vtp_export.checkpoint.locate import CLIP_SUBFOLDER
 
 pytestmark = pytest.mark.slow
 
@@ -45,14 +44,12 @@ def orin_export(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module", params=list(GOLDEN), ids=lambda key: f"{key[1]}-{key[0]}-cpu")
-def cpu_export(request, tmp_path_factory):
-    """The fp32 graph of each golden export (what the golden signatures pin)."""
+def cpu_export(request, cached_export):
+    """The fp32 graph of each golden export (what the golden signatures pin), from the session's cache: the
+    runtime, records, profiling and llama.cpp tests read the same folders."""
     model, name = request.param
     method, options, keep = GOLDEN[request.param]
-    out = tmp_path_factory.mktemp("cpu-exports") / f"{model}-{name}"
-    export(ExportRequest(model=model, method=method, keep=keep, target="cpu", out=out, method_options=options,
-                         verify_samples=1))
-    return model, name, out
+    return model, name, cached_export(model, method, keep, "cpu", method_options=options, verify_samples=1)
 
 
 def test_signature_matches_golden(cpu_export):
@@ -72,14 +69,18 @@ def test_signature_matches_golden(cpu_export):
 
 def test_every_golden_graph_fits_tensorrt(cpu_export):
     _, _, out = cpu_export
-    for path in sorted(out.glob("*.onnx")):
+    paths = sorted(out.glob("*.onnx"))
+    assert paths and out / VISION_ONNX in paths
+    for path in paths:
         assert lint_graph(path, TARGETS.get("orin"))["passed"]
         assert check_with_tensorrt_parser(path, build_engine=False)["layers"] > 0
 
 
 def test_graph_is_static_and_free_of_data_dependent_ops(orin_export):
     _, out = orin_export
-    for path in out.glob("*.onnx"):
+    paths = sorted(out.glob("*.onnx"))
+    assert paths and out / VISION_ONNX in paths
+    for path in paths:
         signature = graph_signature(path)
         for value in signature["inputs"] + signature["outputs"]:
             assert all(isinstance(d, int) and d > 0 for d in value["shape"])
@@ -142,9 +143,8 @@ def test_leaves_no_staging_folders(orin_export):
     assert [p.name for p in out.parent.iterdir()] == [out.name]
 
 
-def test_224px_checkpoint_exports_unchanged(tiny_checkpoint_224, tmp_path):
-    out = export(ExportRequest(model="llava15", method="holov", keep=32, target="cpu", weights=tiny_checkpoint_224,
-                               out=tmp_path / "e"))
+def test_224px_checkpoint_exports_unchanged(tiny_checkpoint_224, cached_export):
+    out = cached_export("llava15", "holov", 32, "cpu", weights=tiny_checkpoint_224)
     config = json.loads((out / CONFIG_JSON).read_text())
     assert config["model"]["geometry"]["grid_rows"] * config["model"]["geometry"]["grid_cols"] == 256
     vision = config["graphs"]["vision"]
@@ -153,9 +153,8 @@ def test_224px_checkpoint_exports_unchanged(tiny_checkpoint_224, tmp_path):
     assert vision["tensorrt_parser"] is None and not (out / BUILD_SCRIPT).exists()
 
 
-def test_dynamic_batch_runs_any_batch(tmp_path):
-    out = export(ExportRequest(model="llava15-tiny", method="visionzip", keep=64, target="orin", out=tmp_path / "e",
-                               dynamic_batch=True, batch=2))
+def test_dynamic_batch_runs_any_batch(cached_export):
+    out = cached_export("llava15-tiny", "visionzip", 64, "orin", dynamic_batch=True, batch=2)
     signature = graph_signature(out / VISION_ONNX)
     assert isinstance(signature["inputs"][0]["shape"][0], str)
     assert signature["inputs"][0]["shape"][1:] == [3, 336, 336]
@@ -170,28 +169,26 @@ def test_dynamic_batch_runs_any_batch(tmp_path):
     assert "--maxShapes=pixel_values:64x3x336x336" in (out / BUILD_SCRIPT).read_text()
 
 
-def test_real_weights_export_records_their_folder(tiny_checkpoint, tmp_path):
-    out = export(ExportRequest(model="llava15", method="fastervlm", keep=16, target="cpu", weights=tiny_checkpoint,
-                               out=tmp_path / "e", verify_samples=1))
+def test_real_weights_export_records_their_folder(tiny_bundle, cached_export):
+    # the runtime tests (tests/runtime/test_pipeline.py) answer with this very export
+    out = cached_export("llava15", "fastervlm", 16, "cpu", weights=tiny_bundle, verify_samples=1)
     assert json.loads((out / CONFIG_JSON).read_text())["model"]["weights"] == {
-        "kind": "folder", "path": str(tiny_checkpoint.resolve())}
+        "kind": "folder", "path": str(tiny_bundle.resolve())}
 
 
-def test_text_conditioned_export_reads_clip_from_the_checkpoints_clip_folder(tiny_checkpoint, tiny_clip, tmp_path):
-    weights = tmp_path / "llava"
-    shutil.copytree(tiny_checkpoint, weights)
-    shutil.copytree(tiny_clip, weights / CLIP_SUBFOLDER)
-    out = export(ExportRequest(model="llava15", method="trim", keep=16, target="cpu", weights=weights,
-                               out=tmp_path / "e", verify_samples=1, method_options={"count": "iqr"}))
+def test_text_conditioned_export_reads_clip_from_the_checkpoints_clip_folder(tiny_bundle, cached_export):
+    assert (tiny_bundle / CLIP_SUBFOLDER).is_dir()
+    out = cached_export("llava15", "trim", 16, "cpu", weights=tiny_bundle, verify_samples=1,
+                        method_options={"count": "iqr"})
     config = json.loads((out / CONFIG_JSON).read_text())
-    assert config["model"]["text_weights"]["path"] == str((weights / CLIP_SUBFOLDER).resolve())
+    assert config["model"]["text_weights"]["path"] == str((tiny_bundle / CLIP_SUBFOLDER).resolve())
     assert [o["name"] for o in config["graphs"]["vision"]["outputs"]] == [IMAGE_EMBEDS, TOKEN_INDEX, NUM_VALID]
     assert config["graphs"]["text"]["inputs"] == [{"name": INPUT_IDS, "dtype": "int64", "shape": [1, 77]}]
 
 
-def test_text_weights_flag_and_dynamic_batch(tiny_checkpoint, tiny_clip, tmp_path):
-    out = export(ExportRequest(model="llava15", method="cdpruner", keep=16, target="orin", weights=tiny_checkpoint,
-                               text_weights=tiny_clip, out=tmp_path / "e", verify_samples=1, dynamic_batch=True))
+def test_text_weights_flag_and_dynamic_batch(tiny_checkpoint, tiny_clip, cached_export):
+    out = cached_export("llava15", "cdpruner", 16, "orin", weights=tiny_checkpoint, text_weights=tiny_clip,
+                        verify_samples=1, dynamic_batch=True)
     assert json.loads((out / CONFIG_JSON).read_text())["model"]["text_weights"]["path"] == str(tiny_clip.resolve())
     script = (out / BUILD_SCRIPT).read_text()
     assert "--maxShapes=pixel_values:64x3x336x336,text_embeds:64x16" in script
@@ -202,9 +199,9 @@ def test_text_weights_flag_and_dynamic_batch(tiny_checkpoint, tiny_clip, tmp_pat
 
 
 @pytest.mark.parametrize("method", ["fastervlm", "trim"])
-def test_jetpack5_graphs_are_opset_17_without_layer_norm_ops(method, tmp_path):
-    out = export(ExportRequest(model="llava15-tiny", method=method, keep=16, target="jetpack5-orin",
-                               out=tmp_path / "e", verify_samples=1))
+def test_jetpack5_graphs_are_opset_17_without_layer_norm_ops(method, cached_export):
+    # tests/test_builder.py rebuilds a copy of the fastervlm one at another precision
+    out = cached_export("llava15-tiny", method, 16, "jetpack5-orin", verify_samples=1)
     config = json.loads((out / CONFIG_JSON).read_text())
     for graph in config["graphs"].values():
         signature = graph_signature(out / graph["file"])
@@ -213,8 +210,7 @@ def test_jetpack5_graphs_are_opset_17_without_layer_norm_ops(method, tmp_path):
         assert graph["verification"]["passed"]
 
 
-def test_fp32_precision_has_no_fp16_flags(tmp_path):
-    out = export(ExportRequest(model="llava15-tiny", method="fastervlm", keep=16, target="h100", out=tmp_path / "e",
-                               verify_samples=1, precision="fp32"))
+def test_fp32_precision_has_no_fp16_flags(cached_export):
+    out = cached_export("llava15-tiny", "fastervlm", 16, "h100", verify_samples=1, precision="fp32")
     script = (out / BUILD_SCRIPT).read_text()
     assert "--fp16" not in script and "--layerPrecisions" not in script and "workspace:16384M" in script

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from vtp_export.interrupts import deferred_interrupt
+from vtp_export.util.interrupts import deferred_interrupt
 
 pytestmark = pytest.mark.slow
 

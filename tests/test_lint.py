@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from vtp_export.errors import ExportError, TargetConstraintError
-from vtp_export.lint import lint_graph
+from vtp_export.trt.lint import lint_graph
 from vtp_export.targets import TARGETS
 
 

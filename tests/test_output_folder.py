@@ -3,8 +3,8 @@ import json
 import pytest
 
 from vtp_export.errors import OutputFolderError
-from vtp_export.graph_io import CONFIG_JSON, PRODUCER
-from vtp_export.output_folder import staged_folder
+from vtp_export.onnx.names import CONFIG_JSON, PRODUCER
+from vtp_export.records.folder import staged_folder
 
 
 def test_success_renames_into_place(tmp_path):

@@ -6,11 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from vtp_export import profiling
+from vtp_export.runtime import profile as profiling
 from vtp_export.cli import main
 from vtp_export.errors import RecordError, UsageError
-from vtp_export.exporter import ExportRequest, export
-from vtp_export.records import PROFILE_SCHEMA, read_report
+from vtp_export.records.profile import PROFILE_SCHEMA, read_report
 
 pytestmark = pytest.mark.slow
 
@@ -32,11 +31,10 @@ def test_timed_counts_runs_or_fills_a_duration():
     assert len(profiling.timed(lambda: None, warmup=0, runs=1, duration_s=0.05)) > 1
 
 
-def test_profile_of_a_text_conditioned_export(tmp_path):
-    out = export(ExportRequest(model="llava15-tiny", method="trim", keep=32, target="cpu", out=tmp_path / "e",
-                               verify_samples=1))
+def test_profile_of_a_text_conditioned_export(cached_export):
+    out = cached_export("llava15-tiny", "trim", 64, "cpu", verify_samples=1)  # a golden export
     profile = profiling.profile_export(out, runs=2, warmup=0, new_tokens=3)
-    assert profile.tokens.visual == 32 and profile.export.label == "trim"
+    assert profile.tokens.visual == 64 and profile.export.label == "trim"
     assert set(profile.stages) == set(profiling.STAGES)
     assert all(s.p50_ms > 0 for s in profile.stages.values())
     assert profile.memory["peak_host_rss_mib"] > 0 and profile.export.backend == "onnxruntime"

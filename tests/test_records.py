@@ -9,17 +9,16 @@ import pytest
 
 from vtp_export.cli import main
 from vtp_export.errors import RecordError
-from vtp_export.exporter import ExportRequest, export
-from vtp_export.records import EXPORT_SCHEMA, ExportRecord, ProfileReport, decode, read_export, write_json
-
-TINY = dict(model="llava15-tiny", method="fastervlm", target="orin", verify_samples=1)
-
+from vtp_export.records.export import EXPORT_SCHEMA, ExportRecord, read_export
+from vtp_export.records.profile import ProfileReport
+from vtp_export.records.codec import decode, write_json
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    root = tmp_path_factory.mktemp("records")
-    return (export(ExportRequest(keep=64, out=root / "k64", **TINY)),
-            export(ExportRequest(keep=32, out=root / "k32", **TINY)))
+def exports(cached_export):
+    """Two golden llava15-tiny exports of other I/O (64 and 576 tokens), from the session's cache: read only;
+    each test tampers with its own copy (`folder`)."""
+    return (cached_export("llava15-tiny", "fastervlm", 64, "cpu", verify_samples=1),
+            cached_export("llava15-tiny", "none", None, "cpu", verify_samples=1))
 
 
 @pytest.fixture
@@ -122,7 +121,7 @@ def test_every_command_refuses_a_tampered_folder_in_one_line(command, folder, ex
 
 def test_truncated_graph_with_its_sha256_recorded_is_one_line(folder):
     truncate_graph(folder, None)
-    from vtp_export.records import sha256
+    from vtp_export.records.codec import sha256
 
     edit_config(folder, lambda c: c["graphs"]["vision"].update(sha256=sha256(folder / "vision.onnx")))
     with pytest.raises(RecordError, match="is not a valid ONNX model"):

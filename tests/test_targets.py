@@ -12,7 +12,7 @@ def test_every_file_is_registered():
 
 def test_orin_is_jetpack6_tensorrt_10_3_sm87_fp16():
     orin = TARGETS.get("orin")
-    assert (orin.gpu_arch, orin.tensorrt_range, orin.default_precision, orin.uses_tensorrt) == ("sm_87", "10.3", "fp16", True)
+    assert (orin.gpu_arch, orin.tensorrt_range, orin.default_precision, orin.toolchain.name) == ("sm_87", "10.3", "fp16", "tensorrt")
     assert "fp8" not in orin.precisions and orin.opset <= orin.max_opset <= 20 and orin.strongly_typed
 
 
@@ -53,7 +53,7 @@ def test_bf16_and_fp8_types_from_tensorrt_10(name):
 
 
 def test_cpu_uses_onnxruntime():
-    assert not TARGETS.get("cpu").uses_tensorrt
+    assert TARGETS.get("cpu").toolchain.name == "onnxruntime"
 
 
 BASE = 'name = "bad"\nsummary = "x"\nruntime = "tensorrt"\nopset = 18\nmax_opset = 20\nmemory_budget_mib = 1\n'

@@ -6,8 +6,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from vtp_export.errors import TensorRTParseError
-from vtp_export.tensorrt_check import available_builder, check_with_tensorrt_parser
-from vtp_export.onnxruntime_sessions import onnxruntime_session
+from vtp_export.trt.parser import available_builder, check_with_tensorrt_parser
+from vtp_export.onnx.sessions import onnxruntime_session
 
 pytestmark = pytest.mark.trt
 

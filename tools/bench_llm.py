@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vtp_export.gguf_export import write_gguf  # noqa: E402
+from vtp_export.runtime.llm.gguf import write_gguf  # noqa: E402
 from vtp_export.models import MODELS  # noqa: E402
-from vtp_export.runtime.llama_cpp_llm import LlamaCppLanguageModel, fill  # noqa: E402
-from vtp_export.runtime.llm import Segment  # noqa: E402
-from vtp_export.runtime.transformers_llm import TransformersLanguageModel  # noqa: E402
+from vtp_export.runtime.llm.llama_cpp import LlamaCppLanguageModel, fill  # noqa: E402
+from vtp_export.runtime.llm.protocol import Segment  # noqa: E402
+from vtp_export.runtime.llm.transformers import TransformersLanguageModel  # noqa: E402
 
 TEXT_BEFORE, TEXT_AFTER = 5, 96  # "<s>USER: " | "\n{question} ASSISTANT:" : 101 text tokens
 IMAGE_TOKENS = (576, 192, 128, 64)

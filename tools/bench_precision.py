@@ -16,8 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vtp_export.errors import VtpError  # noqa: E402
-from vtp_export.exporter import ExportRequest, export  # noqa: E402
-from vtp_export.records import read_export  # noqa: E402
+from vtp_export.export.job import export
+from vtp_export.export.plan import ExportRequest
+from vtp_export.records.export import read_export  # noqa: E402
 
 
 def main() -> int:

@@ -1,5 +1,5 @@
 """Regenerate the golden graph signatures under graphs/ from fresh fp32 exports of the golden tiny models
-(signature.GOLDEN_KEEPS: llava15-tiny, llava-next-tiny, qwen2.5-vl-tiny).
+(tests/goldens.py GOLDEN_KEEPS: llava15-tiny, llava-next-tiny, qwen2.5-vl-tiny).
 
 Run after an intended change to a graph:  .venv/bin/python tools/update_graphs.py
 The diff of graphs/ then shows exactly which ops and shapes changed, for review.
@@ -9,9 +9,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vtp_export.exporter import ExportRequest, export
-from vtp_export.graph_io import TEXT_ONNX, VISION_ONNX
-from vtp_export.signature import GOLDEN_KEEPS, golden_exports, golden_path, golden_text_path, graph_signature, write_signature
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the golden table lives in tests/
+
+from vtp_export.export.job import export
+from vtp_export.export.plan import ExportRequest
+from vtp_export.onnx.names import TEXT_ONNX, VISION_ONNX
+from tests.goldens import GOLDEN_KEEPS, golden_exports, golden_path, golden_text_path, write_signature  # noqa: E402
+from vtp_export.onnx.signature import graph_signature  # noqa: E402
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vtp_export.errors import Interrupted, UsageError, VtpError
-from vtp_export.output_folder import check_writable
+from vtp_export.records.folder import check_writable
 
 COMMANDS = ("export", "build", "lint", "run", "profile", "llm", "models", "methods", "targets")
 LISTINGS = ("models", "methods", "targets")
@@ -89,7 +89,8 @@ def export_parser() -> Parser:
 
 
 def run_export(argv: Sequence[str]) -> int:
-    from vtp_export.exporter import ExportRequest, export
+    from vtp_export.export.job import export
+    from vtp_export.export.plan import ExportRequest
 
     args = export_parser().parse_args(argv)
     request = ExportRequest(
@@ -103,7 +104,7 @@ def run_export(argv: Sequence[str]) -> int:
     out = export(request, progress=progress)
     print(summary(out))
     if args.build:
-        from vtp_export.builder import build
+        from vtp_export.trt.builder import build
 
         print(build(out, progress=progress).message)
     return 0
@@ -114,7 +115,7 @@ def progress(message: str) -> None:
 
 
 def run_build(argv: Sequence[str]) -> int:
-    from vtp_export.builder import build
+    from vtp_export.trt.builder import build
 
     p = Parser(prog="vtp-export build", description="Build TensorRT engines from an export folder on the target "
                "device; elsewhere, explain how to build them on the device (the folder carries the recipe).")
@@ -162,19 +163,31 @@ def run_pipeline(argv: Sequence[str]) -> int:
 
 
 def add_llm_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--llm", type=Path, help="the LLM: a HF checkpoint folder (transformers) or a GGUF file "
-                                            "(llama.cpp); default: the export's own")
-    p.add_argument("--llm-backend", default="transformers", choices=("transformers", "llama.cpp"),
-                   help="transformers (default) or llama.cpp (a GGUF from vtp-export llm)")
+    from vtp_export.runtime.llm.backends import DEFAULT_LLM_BACKEND, LLM_BACKENDS, LlmBackend, llm_backend_names
+
+    def described(backend: LlmBackend) -> str:
+        if backend.name == DEFAULT_LLM_BACKEND:
+            return f"{backend.name} (default)"
+        if backend.llm_format:
+            return f"{backend.name} (a {backend.llm_format.upper()} from vtp-export llm)"
+        return backend.name
+
+    backends = [LLM_BACKENDS.get(name) for name in llm_backend_names()]
+    dtypes = list(dict.fromkeys(dtype for b in backends for dtype in b.dtypes))
+    p.add_argument("--llm", type=Path, help="the LLM: " + " or ".join(f"{b.weights} ({b.name})" for b in backends)
+                   + "; default: the export's own")
+    p.add_argument("--llm-backend", default=DEFAULT_LLM_BACKEND, choices=llm_backend_names(),
+                   help=" or ".join(map(described, backends)))
     p.add_argument("--llm-layers", type=int, help="random-weight exports: a random LLM of the checkpoint's width and "
                    "vocabulary with this many decoder layers (for machines that cannot hold the full LLM)")
-    p.add_argument("--llm-dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                   help="transformers: the LLM's dtype (default float32)")
+    p.add_argument("--llm-dtype", default="float32", choices=dtypes,
+                   help=f"{', '.join(b.name for b in backends if b.dtypes)}: the LLM's dtype (default float32)")
 
 
 def run_profile(argv: Sequence[str]) -> int:
-    from vtp_export import profiling
-    from vtp_export.records import read_report
+    from vtp_export.runtime import profile as profiling
+    from vtp_export.records.profile import read_report
+    from vtp_export.runtime.llm.backends import LLM_BACKENDS
 
     p = Parser(prog="vtp-export profile", description="Latency profile of export folders (DIR ...), of a sweep "
                "over methods and keeps (--model --method a,b:key=value --keep k1,k2 --target), or a --compare of "
@@ -223,9 +236,11 @@ def run_profile(argv: Sequence[str]) -> int:
     else:
         if not (args.model and args.method and args.keep):
             raise UsageError("profile needs export folders, or --model, --method and --keep for a sweep")
-        if args.llm_backend == "llama.cpp" and args.llm is None:
-            raise UsageError("a sweep's scratch exports have no GGUF: with --llm-backend llama.cpp pass --llm "
-                             "FILE.gguf (from vtp-export llm DIR --format gguf on an export of the same model)")
+        llm_format = LLM_BACKENDS.get(args.llm_backend).llm_format
+        if llm_format is not None and args.llm is None:
+            raise UsageError(f"a sweep's scratch exports have no {llm_format.upper()}: with --llm-backend "
+                             f"{args.llm_backend} pass --llm FILE.{llm_format} (from vtp-export llm DIR --format "
+                             f"{llm_format} on an export of the same model)")
         requests = profiling.sweep_plan(args.model, profiling.parse_methods(args.method),
                                         profiling.parse_keeps(args.keep), args.target, weights=args.weights,
                                         random_weights=args.random_weights, model_options=given_model_options(args))
@@ -238,7 +253,7 @@ def run_profile(argv: Sequence[str]) -> int:
 
 
 def run_llm(argv: Sequence[str]) -> int:
-    from vtp_export.gguf_export import QUANTS, export_llm
+    from vtp_export.runtime.llm.gguf import QUANTS, export_llm
 
     p = Parser(prog="vtp-export llm", description="Convert the LLM of an export folder (the checkpoint it came "
                "from, or its seeded random weights) to a file llama.cpp runs on the device: DIR/llm-QUANT.gguf, "
@@ -259,9 +274,10 @@ def run_llm(argv: Sequence[str]) -> int:
 
 
 def run_lint(argv: Sequence[str]) -> int:
-    from vtp_export.lint import lint_graph
-    from vtp_export.records import read_export
+    from vtp_export.trt.lint import lint_graph
+    from vtp_export.records.export import read_export
     from vtp_export.targets import TARGETS
+    from vtp_export.toolchains import labels
 
     p = Parser(prog="vtp-export lint", description="Check an export folder's graphs against a TensorRT target's "
                "constraints (ops, opset, TopK K, static shapes), without TensorRT.")
@@ -270,8 +286,9 @@ def run_lint(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     record = read_export(args.folder)
     target = TARGETS.get(args.target or record.target.name)
-    if not target.uses_tensorrt:
-        raise UsageError(f"target {target.name} runs onnxruntime; the lint checks TensorRT targets")
+    if not target.toolchain.lints:
+        raise UsageError(f"target {target.name} runs {target.toolchain.vision_backend}; the lint checks "
+                         f"{labels(lambda t: t.lints)} targets")
     for graph in record.graphs.values():
         result = lint_graph(args.folder / graph.file, target, graph.dynamic_batch)
         print(f"{graph.file}: fits {target.name} (opset {result['opset']}, {result['nodes']} nodes)")
@@ -279,7 +296,7 @@ def run_lint(argv: Sequence[str]) -> int:
 
 
 def summary(out: Path) -> str:
-    from vtp_export.records import read_export
+    from vtp_export.records.export import read_export
 
     record = read_export(out, verify=False)
     lines = [f"wrote {out}"]
@@ -354,7 +371,8 @@ def run_listing(command: str, argv: Sequence[str]) -> int:
 
         for name, target in TARGETS.items():
             engine = (f"TensorRT {target.tensorrt_range}, {target.gpu_arch}, workspace {target.workspace_mib} MiB, "
-                      f"DLA {'present (unused)' if target.dla else 'none'}; " if target.uses_tensorrt else "")
+                      f"DLA {'present (unused)' if target.dla else 'none'}; "
+                      if target.toolchain.builds_engines else "")
             print(f"{name:14} {target.summary}\n{'':14} {engine}precisions {'/'.join(target.precisions)} "
                   f"(default {target.default_precision}); opset {target.opset} (ceiling {target.max_opset}); "
                   f"memory budget {target.memory_budget_mib} MiB")

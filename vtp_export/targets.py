@@ -4,7 +4,9 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from vtp_export.contract import TENSORRT_MAX_TOPK_K
 from vtp_export.registry import Registry
+from vtp_export.toolchains import TOOLCHAINS, Toolchain
 
 TARGETS_DIR = Path(__file__).resolve().parent / "target_data"
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8")
@@ -13,7 +15,6 @@ BF16_MIN_SM = 80  # Ampere and later
 # First TensorRT whose ONNX parser takes BF16 and FP8 tensors (onnx-tensorrt docs/operators.md: 8.5 and 8.6
 # list DOUBLE, FLOAT32, FLOAT16, INT8, BOOL; 10.0 adds BFLOAT16, FP8, INT4).
 TENSORRT_BF16_FP8 = (10, 0)
-TENSORRT_MAX_TOPK_K = 3840  # TopK's largest K in TensorRT 8.5 and 10.x
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -24,7 +25,7 @@ def version_tuple(version: str) -> tuple[int, ...]:
 class Target:
     name: str
     summary: str
-    runtime: str  # "onnxruntime" or "tensorrt"
+    runtime: str  # its toolchain's name (toolchains.py): "onnxruntime" or "tensorrt"
     opset: int  # opset the graph is exported at
     max_opset: int  # highest opset the target's runtime parses
     precisions: tuple[str, ...]
@@ -42,8 +43,8 @@ class Target:
     trtexec: str = "trtexec"
 
     @property
-    def uses_tensorrt(self) -> bool:
-        return self.runtime == "tensorrt"
+    def toolchain(self) -> Toolchain:
+        return TOOLCHAINS.get(self.runtime)
 
     @property
     def sm(self) -> int | None:
@@ -85,6 +86,8 @@ def load_target(path: Path) -> Target:
         target = Target(**data)
     except TypeError as error:
         raise ValueError(f"{path}: {error}") from None
+    if target.runtime not in TOOLCHAINS:
+        raise ValueError(f"{path}: runtime {target.runtime!r} is not one of {', '.join(TOOLCHAINS.names())}")
     if target.name != path.stem:
         raise ValueError(f"{path}: name {target.name!r} differs from the file name {path.stem!r}")
     if target.opset > target.max_opset:
@@ -94,8 +97,10 @@ def load_target(path: Path) -> Target:
                          f"must come from {PRECISIONS}")
     if "fp8" in target.precisions and (target.sm is None or target.sm < FP8_MIN_SM):
         raise ValueError(f"{path}: fp8 needs sm_{FP8_MIN_SM} or later, the target is {target.gpu_arch}")
-    if target.uses_tensorrt and None in (target.gpu_arch, target.tensorrt_min, target.tensorrt_max):
-        raise ValueError(f"{path}: a TensorRT target names its gpu_arch, tensorrt_min and tensorrt_max")
+    needed = target.toolchain.target_fields
+    if any(getattr(target, name) is None for name in needed):
+        listed = f"{', '.join(needed[:-1])} and {needed[-1]}" if len(needed) > 1 else needed[0]
+        raise ValueError(f"{path}: a {target.toolchain.label} target names its {listed}")
     return target
 
 

@@ -5,9 +5,11 @@ from dataclasses import fields, replace
 import torch
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-from vtp_export.methods.base import VisionFeatures
+from vtp_export.contract import Geometry, VisionFeatures
+from vtp_export.methods.base import PruningMethod
 from vtp_export.models import MODELS
-from vtp_export.models.base import Geometry
+from vtp_export.models.layout import AnyResLayout, OneCrop, anyres_sequence
+from vtp_export.export.graph import PruningStage
 
 CLIP_WIDTH = 16  # llava15-tiny's CLIP joint embedding width
 TINY = MODELS.get("llava15-tiny")
@@ -44,3 +46,13 @@ def random_features(geometry: Geometry, batch: int = 2, seed: int = 0, peaked: b
 def batch_item(features: VisionFeatures, index: int) -> VisionFeatures:
     return replace(features, **{f.name: getattr(features, f.name)[index:index + 1] for f in fields(features)
                                 if isinstance(getattr(features, f.name), torch.Tensor)})
+
+
+def run_method(method: PruningMethod, features: VisionFeatures, projector: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+    """What the vision graph makes of the features: the method's selection applied and projected, laid out as the
+    model lays out its crops (LLaVA-NeXT's AnyRes layout where the geometry has several)."""
+    geometry = method.geometry
+    if geometry.crops == 1:
+        return PruningStage(method, projector, OneCrop())(features)
+    features.image_sequence = anyres_sequence(geometry)[0]
+    return PruningStage(method, projector, AnyResLayout(geometry))(features)

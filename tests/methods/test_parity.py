@@ -5,7 +5,7 @@ import torch
 
 from vtp_export.methods import METHODS
 from tests.methods import reference
-from tests.methods.features import CLIP_WIDTH, random_features, tiny_geometry, tiny_projector
+from tests.methods.features import CLIP_WIDTH, random_features, run_method, tiny_geometry, tiny_projector
 
 ATOL, RTOL = 1e-5, 1e-5
 
@@ -13,7 +13,7 @@ ATOL, RTOL = 1e-5, 1e-5
 def method_output(name, geometry, keep, features, **options):
     method = METHODS.get(name)(geometry, keep, **options)
     with torch.no_grad():
-        return method, method(features, tiny_projector())
+        return method, run_method(method, features, tiny_projector())
 
 
 @pytest.mark.parametrize("image_size", [336, 224])

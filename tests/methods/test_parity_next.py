@@ -9,7 +9,7 @@ import torch
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
 from tests.methods import reference_next as reference
-from tests.methods.features import random_features, tiny_projector
+from tests.methods.features import random_features, run_method, tiny_projector
 
 NEXT = MODELS.get("llava-next-tiny")
 GRIDS = ["2x2", "1x3"]
@@ -30,7 +30,7 @@ def image_features(grid: str, seed: int = 0, peaked: bool = False):
 def run(name, g, keep, features, **options):
     method = METHODS.get(name)(g, METHODS.get(name).output_tokens(g, keep), **options)
     with torch.no_grad():
-        return method, method(features, tiny_projector())
+        return method, run_method(method, features, tiny_projector())
 
 
 def projected(features):

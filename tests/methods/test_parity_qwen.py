@@ -7,11 +7,12 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from tests.methods import reference
-from tests.methods.features import tiny_geometry
-from vtp_export.checkpoint import load_vision_stack
+from tests.methods.features import run_method, tiny_geometry
+from vtp_export.checkpoint.load import load_vision_stack
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
-from vtp_export.weights import WeightsFolder, read_model_config
+from vtp_export.checkpoint.locate import read_model_config
+from vtp_export.contract import WeightsFolder
 
 QWEN = MODELS.get("qwen2.5-vl")
 VISION_START = 151652
@@ -28,7 +29,7 @@ def run(checkpoint, size: str, method_name: str, keep: int, pixel_values: torch.
     method = METHODS.get(method_name)(stack.geometry, keep, **options)
     with torch.no_grad():
         features = QWEN.feature_extractor(stack, method)(pixel_values)
-        return method, features, stack.projector(features.hidden), method(features, stack.projector)
+        return method, features, stack.projector(features.hidden), run_method(method, features, stack.projector)
 
 
 def images(size: str, batch: int = 2, seed: int = 0) -> torch.Tensor:

@@ -5,7 +5,7 @@ import torch
 
 from vtp_export.methods import METHODS
 from vtp_export.errors import UsageError
-from tests.methods.features import batch_item, random_features, tiny_geometry, tiny_projector
+from tests.methods.features import batch_item, random_features, run_method, tiny_geometry, tiny_projector
 
 GEOMETRY = tiny_geometry()
 N = GEOMETRY.num_patches
@@ -24,7 +24,7 @@ REPEATS_SOURCES = {"prumerge_plus"}
 def run(name: str, keep: int | None, seed: int = 0, peaked: bool = False, batch: int = 3):
     method = METHODS.get(name).create(GEOMETRY, keep, {})
     with torch.no_grad():
-        return method(random_features(GEOMETRY, batch=batch, seed=seed, peaked=peaked), tiny_projector())
+        return run_method(method, random_features(GEOMETRY, batch=batch, seed=seed, peaked=peaked), tiny_projector())
 
 
 @pytest.mark.parametrize("name", PRUNING)
@@ -82,7 +82,7 @@ def test_batch_items_are_independent(name):
     features = random_features(GEOMETRY, batch=3, seed=5)
     method = METHODS.get(name).create(GEOMETRY, 64, {})
     with torch.no_grad():
-        embeds, index, *_ = method(features, tiny_projector())
-        embeds_one, index_one, *_ = method(batch_item(features, 1), tiny_projector())
+        embeds, index, *_ = run_method(method, features, tiny_projector())
+        embeds_one, index_one, *_ = run_method(method, batch_item(features, 1), tiny_projector())
     assert torch.equal(index[1:2], index_one)
     torch.testing.assert_close(embeds[1:2], embeds_one, atol=1e-5, rtol=1e-5)

@@ -15,14 +15,15 @@ from functools import cache
 import pytest
 import torch
 
-from vtp_export.checkpoint import load_clip_text, load_vision_stack
+from vtp_export.checkpoint.load import load_clip_text, load_vision_stack
 from vtp_export.errors import UsageError
 from vtp_export.methods import METHODS
-from vtp_export.methods.base import VisionFeatures
+from vtp_export.contract import VisionFeatures
 from vtp_export.models import MODELS
-from vtp_export.random_inputs import random_input_ids, random_pixel_values
+from vtp_export.onnx.inputs import random_input_ids, random_pixel_values
 from vtp_export.towers.clip import ClsAttentionRow, FullWidthClsRow, full_width_cls_attention, run_feature_layer
-from vtp_export.weights import RandomWeights
+from vtp_export.contract import RandomWeights
+from tests.methods.features import run_method
 
 TINY = MODELS.get("llava15-tiny")
 EXACT = [name for name, method in METHODS.items() if method.exact_selection and name != "none"]
@@ -79,6 +80,7 @@ def test_float32_keeps_the_float64_tokens(name, keep, seed):
     method = METHODS.get(name).create(stack.geometry, keep, {})
     features = model_features(seed)
     with torch.no_grad():
-        _, index, *_ = method(features, stack.projector)
-        _, true_index, *_ = copy.deepcopy(method).double()(in_float64(features), copy.deepcopy(stack.projector).double())
+        _, index, *_ = run_method(method, features, stack.projector)
+        _, true_index, *_ = run_method(copy.deepcopy(method).double(), in_float64(features),
+                                        copy.deepcopy(stack.projector).double())
     assert torch.equal(index, true_index)

@@ -9,8 +9,9 @@ import pytest
 from tests.test_cli import assert_clean_failure
 from vtp_export.cli import main
 from vtp_export.errors import UsageError, WeightsError
-from vtp_export.exporter import ExportRequest, export
-from vtp_export.graph_io import CONFIG_JSON
+from vtp_export.export.job import export
+from vtp_export.export.plan import ExportRequest
+from vtp_export.onnx.names import CONFIG_JSON
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
 

@@ -8,14 +8,14 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer
 
-from vtp_export.checkpoint import load_clip_text, load_vision_stack
-from vtp_export.exporter import ExportRequest, export
-from vtp_export.graph_io import NUM_VALID
+from vtp_export.checkpoint.load import load_clip_text, load_vision_stack
+from vtp_export.onnx.names import NUM_VALID
 from vtp_export.methods import METHODS
-from vtp_export.runtime.tokenizer import clip_input_ids
+from vtp_export.models.tokenizer import clip_input_ids
 from vtp_export.towers.clip import ClipTextEncoder
-from vtp_export.vision_graph import VisionGraph
-from vtp_export.weights import WeightsFolder, read_model_config
+from vtp_export.export.graph import VisionGraph
+from vtp_export.checkpoint.locate import read_model_config
+from vtp_export.contract import WeightsFolder
 
 
 def hf_ids_with_pruning(hf, model, checkpoint: Path, method_name: str, keep: int, image: np.ndarray, question: str,
@@ -47,14 +47,12 @@ def hf_ids_with_pruning(hf, model, checkpoint: Path, method_name: str, keep: int
     return generated[0].tolist()
 
 
-def exports_on_demand(root: Path, model: str, weights: Path, keep: int, **request) -> Callable[[str], Path]:
-    """method -> its CPU export of the checkpoint at `keep` (`none` unpruned) under root, made on first use."""
+def exports_on_demand(cached_export, model: str, weights: Path, keep: int, **request) -> Callable[[str], Path]:
+    """method -> its CPU export of the checkpoint at `keep` (`none` unpruned), from the session's export cache
+    (tests/conftest.py): made on first use, read only."""
 
     def exported(method: str) -> Path:
-        out = root / method
-        if not out.exists():
-            export(ExportRequest(model=model, method=method, keep=None if method == "none" else keep, target="cpu",
-                                 weights=weights, out=out, verify_samples=1, **request))
-        return out
+        return cached_export(model, method, None if method == "none" else keep, "cpu", weights=weights,
+                             verify_samples=1, **request)
 
     return exported

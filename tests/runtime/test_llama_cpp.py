@@ -10,9 +10,9 @@ import pytest
 
 from tests.llm_files import TINY, assert_transformers_choices, stand_in_tokenizer_folder, tiny_llm
 from vtp_export.errors import PipelineError
-from vtp_export.gguf_export import write_gguf
-from vtp_export.runtime.llama_cpp_llm import LlamaCppLanguageModel
-from vtp_export.runtime.llm import Segment
+from vtp_export.runtime.llm.gguf import write_gguf
+from vtp_export.runtime.llm.llama_cpp import LlamaCppLanguageModel
+from vtp_export.runtime.llm.protocol import Segment
 
 pytestmark = pytest.mark.llama
 

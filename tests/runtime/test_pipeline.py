@@ -11,8 +11,7 @@ from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
 from vtp_export.cli import main
 from vtp_export.errors import PipelineError
-from vtp_export.exporter import ExportRequest, export
-from vtp_export.graph_io import NUM_VALID
+from vtp_export.onnx.names import NUM_VALID
 from vtp_export.methods import METHODS
 from tests.runtime.hf_reference import exports_on_demand, hf_ids_with_pruning
 from vtp_export.models import MODELS
@@ -32,12 +31,9 @@ def picture(seed: int = 0, size=(300, 240)) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_checkpoint, tiny_clip, tmp_path_factory):
+def bundle(tiny_bundle):
     """A LLaVA checkpoint with its CLIP model in clip/, so every method (text-conditioned too) exports."""
-    folder = tmp_path_factory.mktemp("bundle") / "llava"
-    shutil.copytree(tiny_checkpoint, folder)
-    shutil.copytree(tiny_clip, folder / "clip")
-    return folder
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +42,8 @@ def hf(bundle):
 
 
 @pytest.fixture(scope="module")
-def exports(bundle, tmp_path_factory):
-    return exports_on_demand(tmp_path_factory.mktemp("llava15-exports"), "llava15", bundle, 16)
+def exports(bundle, cached_export):
+    return exports_on_demand(cached_export, "llava15", bundle, 16)
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS.names() if m != "none"])
@@ -110,9 +106,9 @@ def test_streaming_and_sampling(exports):
     assert sampled[0] == sampled[1] and sampled[0] != sampled[2]
 
 
-def test_iqr_trim_feeds_only_the_valid_tokens(bundle, tmp_path):
-    out = export(ExportRequest(model="llava15", method="trim", keep=300, target="cpu", weights=bundle,
-                               out=tmp_path / "e", verify_samples=1, method_options={"count": "iqr"}))
+def test_iqr_trim_feeds_only_the_valid_tokens(bundle, cached_export):
+    out = cached_export("llava15", "trim", 300, "cpu", weights=bundle, verify_samples=1,
+                        method_options={"count": "iqr"})
     pipe = Pipeline.from_dir(out)
     valid = int(pipe.encode_images([picture()], [QUESTION])[NUM_VALID][0])
     assert pipe.answer(QUESTION, [picture()], max_new_tokens=2).image_tokens == [valid] and valid < 300
@@ -169,11 +165,10 @@ def test_llm_folder_must_fit_the_export(exports, tiny_clip, tmp_path):
         Pipeline.from_dir(exports("fastervlm"), llm=wide)
 
 
-def test_a_random_llm_too_large_for_memory_is_refused_up_front(monkeypatch, tmp_path):
+def test_a_random_llm_too_large_for_memory_is_refused_up_front(monkeypatch, cached_export):
     from vtp_export.runtime import llm
 
-    out = export(ExportRequest(model="llava15-tiny", method="fastervlm", keep=8, target="cpu", out=tmp_path / "e",
-                               verify_samples=1))
+    out = cached_export("llava15-tiny", "fastervlm", 64, "cpu", verify_samples=1)  # a golden export (random weights)
     monkeypatch.setattr(llm, "available_memory_bytes", lambda: 1 << 20)
     with pytest.raises(PipelineError, match=r"needs about .* GiB .* --llm-layers"):
         Pipeline.from_dir(out)

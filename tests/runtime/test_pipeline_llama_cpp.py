@@ -16,13 +16,13 @@ import pytest
 from tests.llm_files import assert_transformers_choices, stand_in_tokenizer_folder, tiny_llm
 from vtp_export.cli import main
 from vtp_export.errors import PipelineError
-from vtp_export.exporter import ExportRequest, export
-from vtp_export.gguf_export import export_llm, write_gguf
-from vtp_export.graph_io import CONFIG_JSON
-from vtp_export.profiling import profile_export
-from vtp_export.records import read_export, write_json
+from vtp_export.runtime.llm.gguf import export_llm, write_gguf
+from vtp_export.onnx.names import CONFIG_JSON
+from vtp_export.runtime.profile import profile_export
+from vtp_export.records.export import read_export
+from vtp_export.records.codec import write_json
 from vtp_export.runtime import Pipeline
-from vtp_export.runtime.tokenizer import stand_in_llama_tokenizer
+from vtp_export.models.tokenizer import stand_in_llama_tokenizer
 
 pytestmark = [pytest.mark.slow, pytest.mark.llama]
 
@@ -38,16 +38,20 @@ def picture(seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).random((240, 300, 3)) * 255).astype(np.uint8)
 
 
+KEEP = 64
+
+
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    """method -> its llava15-tiny export (random weights) at keep 16 with an f32 GGUF (made once per module)."""
+def exports(tmp_path_factory, cached_export):
+    """method -> a copy of its golden llava15-tiny export (random weights, keep 64, from the session's export
+    cache) with an f32 GGUF written into it (made once per module)."""
     root = tmp_path_factory.mktemp("llama-cpp-exports")
 
     def exported(method: str) -> Path:
         out = root / method
         if not out.exists():
-            export(ExportRequest(model="llava15-tiny", method=method, keep=None if method == "none" else 16,
-                                 target="cpu", out=out, verify_samples=1))
+            cached_export.copy(out, "llava15-tiny", method, None if method == "none" else KEEP, "cpu",
+                               verify_samples=1)
             export_llm(out, "f32")
         return out
 
@@ -87,7 +91,7 @@ def test_several_requests_in_rounds_and_streaming(exports):
     with Pipeline.from_dir(exports("fastervlm")) as reference:
         expected = reference.answer_batch(requests, max_new_tokens=5)
     assert [a.token_ids for a in answers] == [a.token_ids for a in expected]
-    assert answers[4].image_tokens == [16, 16]
+    assert answers[4].image_tokens == [KEEP, KEEP]
     assert pieces == {b: a.text for b, a in enumerate(answers) if a.text}
 
 
@@ -95,7 +99,7 @@ def test_profile_and_run_on_llama_cpp(exports, tmp_path, capsys):
     folder = exports("fastervlm")
     profile = profile_export(folder, runs=1, warmup=0, new_tokens=2, llm_backend="llama.cpp")
     assert profile.export.llm_backend == "llama.cpp" and profile.llm.source == str(folder / "llm-f32.gguf")
-    assert (profile.llm.layers, profile.llm.width, profile.tokens.visual) == (2, 64, 16)
+    assert (profile.llm.layers, profile.llm.width, profile.tokens.visual) == (2, 64, KEEP)
     assert profile.stages["prefill"].p50_ms > 0
     from PIL import Image
 

@@ -8,7 +8,8 @@ import torch
 from transformers import AutoTokenizer, LlavaNextForConditionalGeneration
 
 from vtp_export.errors import PipelineError
-from vtp_export.exporter import ExportRequest, export
+from vtp_export.export.job import export
+from vtp_export.export.plan import ExportRequest
 from vtp_export.methods import METHODS
 from tests.runtime.hf_reference import exports_on_demand, hf_ids_with_pruning
 from vtp_export.models import MODELS
@@ -34,8 +35,8 @@ def hf(tiny_next_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def exports(tiny_next_checkpoint, tmp_path_factory):
-    return exports_on_demand(tmp_path_factory.mktemp("llava-next-exports"), "llava-next", tiny_next_checkpoint, KEEP)
+def exports(tiny_next_checkpoint, cached_export):
+    return exports_on_demand(cached_export, "llava-next", tiny_next_checkpoint, KEEP)
 
 
 @pytest.mark.parametrize("method", ["fastervlm", "visionzip", "holov", "cdpruner", "trim", "divprune", "prumerge",
@@ -67,11 +68,10 @@ def test_unpruned_in_hfs_layout_equals_unmodified_hf_generate(hf, tiny_next_chec
     assert answer.token_ids == reference[0, ids.shape[1]:].tolist()
 
 
-def test_hf_layout_is_only_for_the_unpruned_anyres_model(exports, tmp_path):
+def test_hf_layout_is_only_for_the_unpruned_anyres_model(exports, cached_export):
     with pytest.raises(PipelineError, match="layout='hf' lays out the unpruned tokens"):
         Pipeline.from_dir(exports("fastervlm"), layout="hf")
-    random = export(ExportRequest(model="llava-next-tiny", method="none", target="cpu", out=tmp_path / "e",
-                                  verify_samples=1))
+    random = cached_export("llava-next-tiny", "none", None, "cpu", verify_samples=1)  # a golden export
     with pytest.raises(PipelineError, match="needs the checkpoint's image_newline"):
         Pipeline.from_dir(random, layout="hf")
 

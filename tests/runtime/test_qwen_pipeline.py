@@ -9,12 +9,13 @@ from PIL import Image
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
 from tests.runtime.hf_reference import exports_on_demand
-from vtp_export.checkpoint import load_vision_stack
+from vtp_export.checkpoint.load import load_vision_stack
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
 from vtp_export.runtime import Pipeline
-from vtp_export.vision_graph import VisionGraph
-from vtp_export.weights import WeightsFolder, read_model_config
+from vtp_export.export.graph import VisionGraph
+from vtp_export.checkpoint.locate import read_model_config
+from vtp_export.contract import WeightsFolder
 
 pytestmark = pytest.mark.slow
 
@@ -37,9 +38,8 @@ def hf(qwen_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def exports(qwen_checkpoint, tmp_path_factory):
-    return exports_on_demand(tmp_path_factory.mktemp("qwen2.5-vl-exports"), "qwen2.5-vl", qwen_checkpoint, KEEP,
-                             model_options=SIZE)
+def exports(qwen_checkpoint, cached_export):
+    return exports_on_demand(cached_export, "qwen2.5-vl", qwen_checkpoint, KEEP, model_options=SIZE)
 
 
 def prompt_ids(checkpoint, image_tokens: int) -> torch.Tensor:

@@ -1,9 +1,8 @@
-"""Method registry. Each method is a module of its own that registers itself here on import."""
+"""Pruning methods, one module each, registered in METHODS on import."""
 
-from vtp_export.registry import Registry
-
-METHODS: Registry[type] = Registry("method")
-
-from vtp_export.methods import (  # noqa: E402,F401
+from vtp_export.methods import (  # noqa: F401
     baselines, cdpruner, dart, divprune, fastervlm, holov, none, prumerge, trim, vispruner, visionzip,
 )
+from vtp_export.methods.base import METHODS
+
+__all__ = ["METHODS"]

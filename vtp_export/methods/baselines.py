@@ -10,10 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vtp_export.methods import METHODS
-from vtp_export.methods.base import MethodOption, PruningMethod, VisionFeatures
-from vtp_export.methods.ops import gather_rows
-from vtp_export.models.base import Geometry
+from vtp_export.contract import Geometry, Selection, Stream, VisionFeatures
+from vtp_export.methods.base import METHODS, MethodOption, PruningMethod
 
 
 class FixedPositions(PruningMethod):
@@ -28,9 +26,9 @@ class FixedPositions(PruningMethod):
     def positions(self) -> Tensor:
         raise NotImplementedError
 
-    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+    def forward(self, features: VisionFeatures, projector: nn.Module) -> Selection:
         kept = self.kept.unsqueeze(0).expand(features.hidden.shape[0], -1)
-        return projector(gather_rows(features.patches, kept)), kept + 1
+        return Selection(Stream.PATCHES, kept, kept + 1)
 
 
 def uniform_grid(rows: int, cols: int, keep: int) -> list[int]:

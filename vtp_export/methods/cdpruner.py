@@ -34,11 +34,10 @@ are the only ones that are stable but not official: there is no official answer 
 import torch
 from torch import Tensor, nn
 
+from vtp_export.contract import Geometry, Selection, Signal, Stream, VisionFeatures
 from vtp_export.errors import UsageError
-from vtp_export.methods import METHODS
-from vtp_export.methods.base import PruningMethod, VisionFeatures
-from vtp_export.methods.ops import for_scoring, gather_rows, sorted_ascending
-from vtp_export.models.base import Geometry, Signal
+from vtp_export.methods.base import METHODS, PruningMethod
+from vtp_export.ops import for_scoring, gather_rows, sorted_ascending
 
 # Best gain (relative to max diag(L)) at or below which the official float32 loop picks by rounding: the error of
 # its downdated gains measured against float64 (3e-7 to 1.7e-6, see above). tests/methods/test_stability.py
@@ -77,7 +76,7 @@ class CDPruner(PruningMethod):
                              f"{geometry.llm_width}, use 1..{geometry.llm_width}")
         return keep
 
-    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+    def forward(self, features: VisionFeatures, projector: nn.Module) -> Selection:
         projected = projector(features.patches)
         normalised = for_scoring(unit(projected))
         relevance = -(unit(for_scoring(features.clip_patch_embeds)) @ unit(for_scoring(features.text_embeds)).unsqueeze(-1))
@@ -103,4 +102,4 @@ class CDPruner(PruningMethod):
             free = free.masked_fill(positions == pick, 0.0)
             gains = residual.square().sum(dim=-1).masked_fill(free == 0, -torch.inf)
         kept = sorted_ascending(torch.cat(picks, dim=1))
-        return gather_rows(projected, kept), kept + 1
+        return Selection(Stream.PROJECTED, kept, kept + 1, projected=projected)

@@ -21,13 +21,12 @@ The per-pivot counts depend only on keep and the pivot count, so every TopK has 
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
+from vtp_export.contract import Geometry, Selection, Stream, VisionFeatures
 from vtp_export.errors import UsageError
-from vtp_export.methods import METHODS
-from vtp_export.methods.base import MethodOption, PruningMethod, VisionFeatures
-from vtp_export.methods.ops import for_scoring, gather_rows, sorted_ascending, top_indices
-from vtp_export.models.base import Geometry
+from vtp_export.methods.base import METHODS, MethodOption, PruningMethod
+from vtp_export.ops import for_scoring, gather_rows, sorted_ascending, top_indices
 
 COSINE_EPS = 1e-8  # Edge-LLM's kCosineEps, torch.nn.functional.cosine_similarity's eps
 
@@ -58,7 +57,7 @@ class Dart(PruningMethod):
         self.pivots = min(self.settings["pivots"], keep)
         self.counts = per_pivot_counts(keep, self.pivots)
 
-    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+    def forward(self, features: VisionFeatures, projector: nn.Module) -> Selection:
         projected = projector(features.patches)
         tokens = for_scoring(projected)
         positions = torch.arange(tokens.shape[1], device=tokens.device)
@@ -75,4 +74,4 @@ class Dart(PruningMethod):
             taken = taken | (pick.unsqueeze(-1) == positions).any(dim=1)
             picks.append(pick)
         kept = sorted_ascending(torch.cat(picks, dim=1))
-        return gather_rows(projected, kept), kept + 1
+        return Selection(Stream.PROJECTED, kept, kept + 1, projected=projected)

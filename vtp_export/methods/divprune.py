@@ -6,11 +6,11 @@ The greedy loop has a fixed length (keep), so it is unrolled: keep ArgMax/Gather
 """
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from vtp_export.methods import METHODS
-from vtp_export.methods.base import PruningMethod, VisionFeatures
-from vtp_export.methods.ops import for_scoring, gather_rows, sorted_ascending
+from vtp_export.contract import Selection, Stream, VisionFeatures
+from vtp_export.methods.base import METHODS, PruningMethod
+from vtp_export.ops import for_scoring, gather_rows, sorted_ascending
 
 
 @METHODS.register("divprune")
@@ -21,7 +21,7 @@ class DivPrune(PruningMethod):
     projects_all_tokens = True
     requires = frozenset()
 
-    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+    def forward(self, features: VisionFeatures, projector: nn.Module) -> Selection:
         projected = for_scoring(projector(features.patches))
         unit = projected / projected.norm(dim=-1, keepdim=True)
         distance = 1.0 - unit @ unit.transpose(1, 2)  # (B, N, N), symmetric
@@ -35,4 +35,4 @@ class DivPrune(PruningMethod):
             picks.append(pick)
             closest = torch.minimum(closest, gather_rows(distance, pick).squeeze(1))
         kept = sorted_ascending(torch.cat(picks, dim=1))
-        return gather_rows(projected, kept).to(features.hidden.dtype), kept + 1
+        return Selection(Stream.PROJECTED, kept, kept + 1, projected=projected)

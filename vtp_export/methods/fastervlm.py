@@ -4,12 +4,11 @@ Reference: Theia-4869/FasterVLM@f5d5f12 (methods-spec.md, "FasterVLM").
 Parity: tests/methods/test_parity.py::test_fastervlm.
 """
 
-from torch import Tensor, nn
+from torch import nn
 
-from vtp_export.methods import METHODS
-from vtp_export.methods.base import PruningMethod, VisionFeatures
-from vtp_export.models.base import Signal
-from vtp_export.methods.ops import gather_rows, sorted_ascending, top_indices
+from vtp_export.contract import Selection, Signal, Stream, VisionFeatures
+from vtp_export.methods.base import METHODS, PruningMethod
+from vtp_export.ops import sorted_ascending, top_indices
 
 
 @METHODS.register("fastervlm")
@@ -20,6 +19,6 @@ class FasterVLM(PruningMethod):
     requires = frozenset({Signal.CLS_ATTENTION})
     unsupported_reason = "FasterVLM is the CLS token's ranking; ranked by received attention it is another method"
 
-    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+    def forward(self, features: VisionFeatures, projector: nn.Module) -> Selection:
         kept = sorted_ascending(top_indices(features.patch_attention(), self.keep))
-        return projector(gather_rows(features.patches, kept)), kept + 1
+        return Selection(Stream.PATCHES, kept, kept + 1)

@@ -36,12 +36,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vtp_export.contract import NO_SOURCE, Geometry, Selection, Signal, Stream, VisionFeatures
 from vtp_export.errors import UsageError
-from vtp_export.graph_io import NO_SOURCE
-from vtp_export.methods import METHODS
-from vtp_export.methods.base import MethodOption, PruningMethod, VisionFeatures
-from vtp_export.methods.ops import exclusive_cumsum, for_scoring, gather_rows, smallest_indices, top_indices
-from vtp_export.models.base import Geometry, Signal
+from vtp_export.methods.base import METHODS, MethodOption, PruningMethod
+from vtp_export.ops import exclusive_cumsum, for_scoring, gather_rows, smallest_indices, top_indices
 
 ALPHA = 0.09
 ATTENTION_SCALE = 1e3
@@ -137,10 +135,6 @@ class HoloV(PruningMethod):
         if self.paper and geometry.crops > 1:
             raise UsageError("method holov: variant=paper is defined on one square patch grid; AnyRes crops take "
                              "variant=reference (the official LLaVA-NeXT path)")
-        if geometry.crops > 1:
-            order, token_index = anyres_sequence(geometry)
-            self.register_buffer("sequence_order", order, persistent=False)
-            self.register_buffer("sequence_token_index", token_index, persistent=False)
         if self.paper:
             side, most = math.isqrt(crops), min(geometry.grid_rows, geometry.grid_cols)
             if side * side != crops or side > most:
@@ -195,23 +189,22 @@ class HoloV(PruningMethod):
         rank = ahead.sum(dim=-2)  # crops ranked by weight, ties to the lower crop
         return (allocated + (rank < remaining).to(torch.long)).clamp(min=0)
 
-    def forward(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+    def forward(self, features: VisionFeatures, projector: nn.Module) -> Selection:
+        projected = for_scoring(projector(features.patches))
+        attention = features.patch_attention()
         if self.geometry.crops == 1:
-            return self.select(features, projector)
-        crops, n = self.geometry.crops, self.geometry.num_patches
-        projected = for_scoring(projector(features.patches)).reshape(-1, crops * n, self.geometry.llm_width)
-        attention = features.patch_attention().reshape(-1, crops * n)
-        projected = projected[:, self.sequence_order]
-        embeds, index = self.spend(projected, attention[:, self.sequence_order])
-        token_index = self.sequence_token_index[(index - 1).clamp(min=0)]
-        return embeds, torch.where(index >= 1, token_index, index)
+            return self.spend(projected, attention)
+        # One budget over the image's sequence (the model's order of its crops' patches).
+        length = self.geometry.tokens_per_image
+        sequence = features.image_sequence
+        selection = self.spend(projected.reshape(-1, length, self.geometry.llm_width)[:, sequence],
+                               attention.reshape(-1, length)[:, sequence])
+        selection.per_image = True
+        return selection
 
-    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
-        return self.spend(for_scoring(projector(features.patches)), features.patch_attention())
-
-    def spend(self, projected: Tensor, attention: Tensor) -> tuple[Tensor, Tensor]:
-        """The budget over one sequence of projected tokens (B, L, D) with their attention (B, L):
-        (embeds (B, K, D), sequence position + 1 of each kept token, -1 on padding)."""
+    def spend(self, projected: Tensor, attention: Tensor) -> Selection:
+        """The budget over one sequence of projected tokens (B, L, D) with their attention (B, L): the kept rows
+        of `projected`, token_index the sequence position + 1 of each kept token, -1 on padding."""
         batch, crops, width = projected.shape[0], self.members.shape[0], self.width
         flat_members = self.members.reshape(1, -1).expand(batch, -1)
         crop_tokens = gather_rows(projected, flat_members).reshape(batch, crops, width, -1)
@@ -239,9 +232,8 @@ class HoloV(PruningMethod):
         members = self.members.unsqueeze(0).expand(batch, -1, -1).gather(2, order).reshape(batch, flat_count)
         token = members.gather(1, picked)
         filled = torch.arange(self.keep, device=token.device) < quota.sum(dim=-1, keepdim=True)
-        embeds = gather_rows(projected, token) * filled.unsqueeze(-1).to(projected.dtype)
         index = torch.where(filled, token + 1, torch.full_like(token, NO_SOURCE))
-        return embeds, index
+        return Selection(Stream.PROJECTED, token, index, filled=filled, projected=projected)
 
     def paper_quotas(self, crop_scores: Tensor) -> Tensor:
         """(B, C) quotas: floor(softmax(s / tau) * keep) capped at the crop size, then the overflow
@@ -256,7 +248,7 @@ class HoloV(PruningMethod):
             quota = torch.minimum(quota + share, sizes)
         return quota.to(torch.long)
 
-    def paper_selection(self, projected: Tensor, holistic: Tensor, crop_scores: Tensor) -> tuple[Tensor, Tensor]:
+    def paper_selection(self, projected: Tensor, holistic: Tensor, crop_scores: Tensor) -> Selection:
         batch, crops, width = holistic.shape
         quota = self.paper_quotas(crop_scores)
         # Rank inside each crop by H, ties to the lower member; padding members rank last.
@@ -278,4 +270,4 @@ class HoloV(PruningMethod):
         chosen = chosen | (place < shortfall)
         positions = torch.arange(num_patches, device=projected.device)
         kept = smallest_indices(torch.where(chosen, positions, positions + num_patches).to(torch.float32), self.keep)
-        return gather_rows(projected, kept).to(projected.dtype), kept + 1
+        return Selection(Stream.PROJECTED, kept, kept + 1, projected=projected)

@@ -1,11 +1,10 @@
 """`none`: the unpruned baseline, all N patch tokens in raster order, exactly what LLaVA feeds its LLM."""
 
-from torch import Tensor, nn
+from torch import nn
 
+from vtp_export.contract import Geometry, Selection, Stream, VisionFeatures
 from vtp_export.errors import UsageError
-from vtp_export.methods import METHODS
-from vtp_export.methods.base import PruningMethod, VisionFeatures, patch_positions
-from vtp_export.models.base import Geometry
+from vtp_export.methods.base import METHODS, PruningMethod, patch_positions
 
 
 @METHODS.register("none")
@@ -23,6 +22,6 @@ class NoPruning(PruningMethod):
                              f"--keep {geometry.tokens_per_image}")
         return geometry.num_patches
 
-    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+    def forward(self, features: VisionFeatures, projector: nn.Module) -> Selection:
         patches = features.patches
-        return projector(patches), patch_positions(patches.shape[0], patches.shape[1], patches.device)
+        return Selection(Stream.PATCHES, None, patch_positions(patches.shape[0], patches.shape[1], patches.device))

@@ -15,12 +15,10 @@ scatter-masked arange, first len(list) entries cut); `pruned_positions` states t
 import torch
 from torch import Tensor, nn
 
+from vtp_export.contract import NO_SOURCE, Geometry, NeighbourMerge, Selection, Signal, Stream, VisionFeatures
 from vtp_export.errors import UsageError
-from vtp_export.graph_io import NO_SOURCE
-from vtp_export.methods import METHODS
-from vtp_export.methods.base import PruningMethod, VisionFeatures
-from vtp_export.methods.ops import gather_rows, sorted_ascending, top_indices
-from vtp_export.models.base import Geometry, Signal
+from vtp_export.methods.base import METHODS, PruningMethod
+from vtp_export.ops import gather_rows, sorted_ascending, top_indices
 
 NEIGHBOURS = 32
 
@@ -56,7 +54,7 @@ class PruneMerge(PruningMethod):
     def kept_positions(self, attention: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+    def forward(self, features: VisionFeatures, projector: nn.Module) -> Selection:
         patches = features.patches
         attention = features.next_cls_attention[:, 1:]  # (B, N)
         keys = features.next_keys[:, 1:]
@@ -71,12 +69,9 @@ class PruneMerge(PruningMethod):
         similarity = similarity.masked_fill(itself, -torch.inf)
         neighbours = min(NEIGHBOURS, pool.shape[1] - 1)
         nearest = pool.gather(1, top_indices(similarity, neighbours).reshape(pool.shape[0], -1))  # (B, k*32)
-        weighted = patches * attention.unsqueeze(-1).to(patches.dtype)
-        merged = gather_rows(weighted, nearest).reshape(*kept.shape, neighbours, -1).sum(dim=2)
-        extra = gather_rows(weighted, pruned).sum(dim=1, keepdim=True)
-        tokens = torch.cat([gather_rows(patches, kept) + merged, extra], dim=1)
         index = torch.cat([kept + 1, torch.full_like(kept[:, :1], NO_SOURCE)], dim=1)
-        return projector(tokens), index
+        # Each kept token plus its neighbours weighted by their attention; the extra token sums the weighted pruned.
+        return Selection(Stream.PATCHES, kept, index, merge=NeighbourMerge(attention, nearest, neighbours, pruned))
 
 
 @METHODS.register("prumerge")

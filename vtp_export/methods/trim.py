@@ -18,12 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vtp_export.contract import NO_SOURCE, Geometry, MeanOfRest, Selection, Signal, Stream, VisionFeatures
 from vtp_export.errors import UsageError
-from vtp_export.graph_io import NUM_VALID, NO_SOURCE, VISION_OUTPUTS
-from vtp_export.methods import METHODS
-from vtp_export.methods.base import MethodOption, PruningMethod, VisionFeatures
-from vtp_export.methods.ops import for_scoring, gather_rows, smallest_indices, top_indices
-from vtp_export.models.base import Geometry, Signal
+from vtp_export.onnx.names import NUM_VALID, VISION_OUTPUTS
+from vtp_export.methods.base import METHODS, MethodOption, PruningMethod
+from vtp_export.ops import for_scoring, smallest_indices, top_indices
 
 COUNTS = ("fixed", "iqr")
 
@@ -70,7 +69,7 @@ class Trim(PruningMethod):
     def output_names(self) -> tuple[str, ...]:
         return (*VISION_OUTPUTS, NUM_VALID) if self.adaptive else VISION_OUTPUTS
 
-    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, ...]:
+    def forward(self, features: VisionFeatures, projector: nn.Module) -> Selection:
         patches = features.patches
         batch, num_patches = patches.shape[0], self.geometry.num_patches
         similarity = (features.clip_patch_embeds @ features.text_embeds.unsqueeze(-1)).squeeze(-1)
@@ -91,16 +90,12 @@ class Trim(PruningMethod):
         positions = torch.arange(num_patches, device=patches.device)
         selected = ((kept.unsqueeze(-1) == positions) & chosen.unsqueeze(-1)).any(dim=1)  # (B, N)
         rest = (~selected).to(patches.dtype)
-        mean = (patches * rest.unsqueeze(-1)).sum(dim=1, keepdim=True) / rest.sum(dim=1).view(batch, 1, 1)
 
-        # Output slot j: kept patch j for j < count, the mean at j == count, zero after.
-        table = torch.cat([gather_rows(patches, kept), mean], dim=1)
+        # Output slot j: kept patch j for j < count, the mean of the rest at j == count, zero after.
         output_slot = torch.arange(self.keep, device=patches.device).unsqueeze(0)
         source = torch.where(output_slot < count.unsqueeze(-1), output_slot, torch.full_like(output_slot, slots))
         valid = output_slot <= count.unsqueeze(-1)
-        embeds = projector(gather_rows(table, source)) * valid.unsqueeze(-1).to(patches.dtype)
         index = torch.cat([kept + 1, torch.full((batch, 1), NO_SOURCE, device=kept.device)], dim=1)
         index = torch.where(output_slot < count.unsqueeze(-1), index, torch.full_like(index, NO_SOURCE))
-        if self.adaptive:
-            return embeds, index, count + 1
-        return embeds, index
+        return Selection(Stream.PATCHES, kept, index, merge=MeanOfRest(rest, source), filled=valid,
+                         num_valid=count + 1 if self.adaptive else None)

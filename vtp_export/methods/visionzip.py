@@ -11,11 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vtp_export.contract import ClusterMerge, Geometry, Selection, Stream, VisionFeatures
 from vtp_export.errors import UsageError
-from vtp_export.methods import METHODS
-from vtp_export.methods.base import MethodOption, PruningMethod, VisionFeatures
-from vtp_export.methods.ops import complement_ascending, gather_rows, sorted_ascending, top_indices
-from vtp_export.models.base import Geometry
+from vtp_export.methods.base import METHODS, MethodOption, PruningMethod
+from vtp_export.ops import complement_ascending, gather_rows, sorted_ascending, top_indices
 
 
 def default_contextual(keep: int) -> int:
@@ -58,7 +57,7 @@ class VisionZip(PruningMethod):
         self.register_buffer("targets", torch.tensor(targets, dtype=torch.long), persistent=False)
         self.register_buffer("members", torch.tensor(members, dtype=torch.long), persistent=False)
 
-    def tile_groups(self) -> Tensor:
+    def slot_groups(self) -> Tensor:
         """The official LLaVA-NeXT layout (visionzip/llava_arch.py restore_image_features_sorted): the tiles'
         dominant patches in full-grid raster order, then the tiles' CLS tokens, then their contextual tokens."""
         groups = torch.zeros(self.keep)
@@ -66,23 +65,21 @@ class VisionZip(PruningMethod):
         groups[self.dominant:] = 2
         return groups
 
-    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+    def forward(self, features: VisionFeatures, projector: nn.Module) -> Selection:
         hidden = features.hidden
         batch = hidden.shape[0]
         scores = features.cls_attention[:, :, 1:].sum(dim=1)
         cls = torch.zeros(batch, 1, dtype=torch.long, device=hidden.device)
         dominant = torch.cat([cls, sorted_ascending(top_indices(scores, self.dominant - 1) + 1)], dim=1)
-        tokens, index = [gather_rows(hidden, dominant)], [dominant]
-        if self.contextual:
-            remaining = complement_ascending(dominant, hidden.shape[1])
-            keys = gather_rows(features.keys.mean(dim=1), remaining)
-            keys = keys / keys.norm(dim=-1, keepdim=True)
-            rest = gather_rows(hidden, remaining)
-            similarity = keys[:, self.members] @ keys[:, self.targets].transpose(1, 2)
-            assignment = similarity.argmax(dim=-1, keepdim=True)
-            one_hot = (assignment == torch.arange(self.contextual, device=hidden.device)).to(hidden.dtype)
-            counts = one_hot.sum(dim=1).clamp(min=1).unsqueeze(-1)
-            merged = one_hot.transpose(1, 2) @ rest[:, self.members] / counts
-            tokens.append(rest[:, self.targets] + merged)
-            index.append(remaining[:, self.targets])
-        return projector(torch.cat(tokens, dim=1)), torch.cat(index, dim=1)
+        if not self.contextual:
+            return Selection(Stream.SEQUENCE, dominant, dominant, slot_groups=self.slot_groups())
+        remaining = complement_ascending(dominant, hidden.shape[1])
+        keys = gather_rows(features.keys.mean(dim=1), remaining)
+        keys = keys / keys.norm(dim=-1, keepdim=True)
+        similarity = keys[:, self.members] @ keys[:, self.targets].transpose(1, 2)
+        assignment = similarity.argmax(dim=-1, keepdim=True)
+        one_hot = (assignment == torch.arange(self.contextual, device=hidden.device)).to(hidden.dtype)
+        counts = one_hot.sum(dim=1).clamp(min=1).unsqueeze(-1)
+        index = torch.cat([dominant, remaining[:, self.targets]], dim=1)
+        merge = ClusterMerge(remaining, self.targets, self.members, one_hot, counts)
+        return Selection(Stream.SEQUENCE, dominant, index, merge=merge, slot_groups=self.slot_groups())

@@ -20,13 +20,12 @@ set overlap with PyTorch rather than identical indices (exact_selection = False)
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
+from vtp_export.contract import Geometry, Selection, Signal, Stream, VisionFeatures
 from vtp_export.errors import UsageError
-from vtp_export.methods import METHODS
-from vtp_export.methods.base import MethodOption, PruningMethod, VisionFeatures
-from vtp_export.methods.ops import gather_rows, sorted_ascending, top_indices
-from vtp_export.models.base import Geometry, Signal
+from vtp_export.methods.base import METHODS, MethodOption, PruningMethod
+from vtp_export.ops import gather_rows, sorted_ascending, top_indices
 
 DROP_PER_ROUND = 8
 
@@ -61,7 +60,7 @@ class VisPruner(PruningMethod):
         self.important = int(keep * ratio)
         self.drops = round_drops(geometry.num_patches - self.important, keep - self.important)
 
-    def select(self, features: VisionFeatures, projector: nn.Module) -> tuple[Tensor, Tensor]:
+    def forward(self, features: VisionFeatures, projector: nn.Module) -> Selection:
         patches = features.patches
         order = top_indices(features.patch_attention(), patches.shape[1])
         important, residual = order[:, :self.important], order[:, self.important:]
@@ -73,4 +72,4 @@ class VisPruner(PruningMethod):
             distinct = top_indices(pairs.max(dim=-1).values, a.shape[1])[:, r:]
             residual = torch.cat([a.gather(1, distinct), b], dim=1)
         kept = sorted_ascending(torch.cat([important, residual], dim=1) if self.keep > self.important else important)
-        return projector(gather_rows(patches, kept)), kept + 1
+        return Selection(Stream.PATCHES, kept, kept + 1)

@@ -1,14 +1,6 @@
-"""Model registry: one adapter per architecture, each in a module of its own that registers itself here."""
+"""Model adapters, one module per architecture, registered in MODELS on import."""
 
-from vtp_export.models.base import VisionLanguageModel
-from vtp_export.registry import Registry
+from vtp_export.models import llava15, llava_next, qwen2_5_vl  # noqa: F401
+from vtp_export.models.base import MODELS
 
-MODELS: Registry[VisionLanguageModel] = Registry("model")
-
-
-def register(cls: type[VisionLanguageModel]) -> type[VisionLanguageModel]:
-    MODELS.add(cls.name, cls())
-    return cls
-
-
-from vtp_export.models import llava15, llava_next, qwen2_5_vl  # noqa: E402,F401
+__all__ = ["MODELS"]

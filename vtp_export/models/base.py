@@ -11,69 +11,17 @@ devices without PyTorch, so export-side members import it where they are called.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from vtp_export.contract import Geometry, MethodRequirements, Signal, VisionStack
 from vtp_export.errors import UsageError, WeightsError
+from vtp_export.models.token_index import decode_token_index
+from vtp_export.registry import Registry
 
 if TYPE_CHECKING:
     import numpy as np
     from torch import nn
-
-    from vtp_export.methods.base import PruningMethod
-    from vtp_export.weights import WeightsSource
-
-
-class Signal(enum.Enum):
-    """What a tower can expose to pruning methods besides its patch features."""
-
-    CLS_ATTENTION = "the CLS token's attention row"
-    KEYS = "the feature layer's keys"
-    NEXT_LAYER = "the next layer's CLS attention"
-    CLIP_TEXT = "CLIP's text tower and joint embedding space"
-    PATCH_SCORES = "an attention score per token"
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Static sizes of the exported vision graph, all derived from the checkpoint's config and the export's
-    model options (LLaVA-NeXT's tile grid, Qwen2.5-VL's image size)."""
-
-    image_height: int  # pixels of one crop as the tower takes it
-    image_width: int
-    grid_rows: int  # tokens of one crop that methods see: grid_rows x grid_cols, raster order
-    grid_cols: int
-    cls_token: bool  # the tower's sequence starts with a CLS token (position 0 of token_index)
-    vision_width: int  # width of the features methods see before the projector
-    num_heads: int
-    head_dim: int
-    llm_width: int
-    feature_layer: int  # encoder layer whose output feeds the projector
-    crops: int = 1  # crops per image through the tower: LLaVA-NeXT's base image + R x C tiles
-    tile_rows: int = 0
-    tile_cols: int = 0
-
-    @property
-    def num_patches(self) -> int:
-        """N, the patch tokens of one crop."""
-        return self.grid_rows * self.grid_cols
-
-    @property
-    def sequence_length(self) -> int:
-        return self.num_patches + int(self.cls_token)
-
-    @property
-    def tokens_per_image(self) -> int:
-        """What the LLM receives per image without pruning."""
-        return self.crops * self.num_patches
-
-    @property
-    def grid(self) -> int:
-        """Side of a square token grid."""
-        if self.grid_rows != self.grid_cols:
-            raise UsageError(f"this method needs a square token grid, the export has {self.grid_rows}x{self.grid_cols}")
-        return self.grid_rows
 
 
 @dataclass(frozen=True)
@@ -83,21 +31,6 @@ class ModelOption:
     name: str  # the command-line flag without dashes
     help: str
     default: str
-
-
-@dataclass
-class VisionStack:
-    """The part of a checkpoint that goes into the vision graph (CLIP's text side too, where needed)."""
-
-    config: Any  # the HF config of the whole model
-    geometry: Geometry
-    tower: nn.Module
-    projector: nn.Module
-    source: WeightsSource
-    clip: Any = None  # models.clip.ClipText for text-conditioned methods
-
-    def parameter_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for m in (self.tower, self.projector) for p in m.parameters())
 
 
 def parse_size(text: str, what: str) -> tuple[int, int]:
@@ -121,6 +54,8 @@ class VisionLanguageModel:
     default_position_ids: ClassVar[str] = "sequential"  # the runtime's position policy unless one is asked for
     hf_class: ClassVar[str]  # the transformers class of the whole model (its LLM half serves the runtime)
     canonical_repo: ClassVar[str | None] = None  # looked up offline in the HF cache without --weights
+    # The CLIP model whose text side text-conditioned methods use (looked up offline like canonical_repo).
+    canonical_clip_repo: ClassVar[str | None] = None
     random_only: ClassVar[bool] = False  # toy sizes for tests: only seeded random weights exist
     options: ClassVar[tuple[ModelOption, ...]] = ()
 
@@ -131,6 +66,11 @@ class VisionLanguageModel:
 
     def config_from_dict(self, raw: dict) -> Any:
         raise NotImplementedError
+
+    def default_clip_config(self) -> Any:
+        """The CLIP config of the canonical checkpoint's tower (random weights of text-conditioned methods);
+        only models whose signals include Signal.CLIP_TEXT have one."""
+        raise NotImplementedError(f"{self.name} has no CLIP text side")
 
     def geometry(self, config: Any, options: dict[str, str]) -> Geometry:
         """Validated static sizes; WeightsError for a config this adapter cannot export."""
@@ -145,7 +85,7 @@ class VisionLanguageModel:
                 raise UsageError(f"--{key.replace('_', '-')} is not an option of {self.name} (its options: {flags})")
         return {o.name: options.get(o.name) or o.default for o in self.options}
 
-    def check_method(self, method: type[PruningMethod]) -> None:
+    def check_method(self, method: MethodRequirements) -> None:
         """UsageError in one line where the method needs a signal this tower lacks."""
         missing = [s.value for s in Signal if s in method.requires and s not in self.signals]  # declared order
         if missing:
@@ -161,9 +101,16 @@ class VisionLanguageModel:
         """Tower and projector of `config`, float32, eval mode, HF's initialisation (seed set by the caller)."""
         raise NotImplementedError
 
-    def feature_extractor(self, stack: VisionStack, method: PruningMethod) -> nn.Module:
-        """The graph's first part: (pixel_values[, text_embeds]) -> methods.base.VisionFeatures."""
+    def feature_extractor(self, stack: VisionStack, method: MethodRequirements) -> nn.Module:
+        """The graph's first part: (pixel_values[, text_embeds]) -> contract.VisionFeatures."""
         raise NotImplementedError
+
+    def token_layout(self, geometry: Geometry) -> nn.Module:
+        """The graph's last part: (image_embeds of the selected slots, contract.Selection) -> the outputs, one image's
+        tokens in the order the LLM receives them, token_index encoded (encode_token_index)."""
+        from vtp_export.models.layout import OneCrop
+
+        return OneCrop()
 
     # --- runtime ---------------------------------------------------------------------------------------
     def preprocess(self, images: list, geometry: Geometry) -> np.ndarray:
@@ -194,7 +141,7 @@ class VisionLanguageModel:
         if policy == "sequential":
             return np.arange(start, start + kept, dtype=np.int64), start + kept
         n = geometry.num_patches
-        crop, within = np.divmod(token_index, n + 1)  # token_index = crop * (N + 1) + encoder position
+        crop, within = decode_token_index(token_index, n)
         offsets = np.where((token_index >= 0) & (within >= 1), crop * n + within - 1, geometry.tokens_per_image - 1)
         return (start + offsets).astype(np.int64), start + geometry.tokens_per_image
 
@@ -212,3 +159,12 @@ class VisionLanguageModel:
         if width != geometry.llm_width:
             raise WeightsError(f"{where} has an LLM of width {width}, the export's image embeddings are "
                                f"{geometry.llm_width} wide")
+
+
+# Every adapter registers itself here from its own module (models/__init__.py imports them all).
+MODELS: Registry[VisionLanguageModel] = Registry("model")
+
+
+def register(cls: type[VisionLanguageModel]) -> type[VisionLanguageModel]:
+    MODELS.add(cls.name, cls())
+    return cls

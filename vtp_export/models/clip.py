@@ -4,16 +4,14 @@ graph code is towers/clip.py."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vtp_export.contract import Geometry, Signal
 from vtp_export.errors import WeightsError
-from vtp_export.models.base import Geometry, Signal
 
 if TYPE_CHECKING:
     import numpy as np
-    from torch import nn
-    from transformers import CLIPConfig, CLIPTextModelWithProjection
+    from transformers import CLIPConfig
 
 # CLIP's image normalisation, as LLaVA's processors apply it.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -93,25 +91,6 @@ def clip_text_key(checkpoint_key: str) -> str | None:
     if key.startswith(("text_model.", "text_projection.")):
         return "text." + key
     return None
-
-
-@dataclass
-class ClipText:
-    """What text-conditioned methods add from the CLIP model: its text tower with projection, and the
-    visual projection into the same joint space (a LLaVA checkpoint carries neither)."""
-
-    config: CLIPConfig
-    text: CLIPTextModelWithProjection
-    visual_projection: nn.Linear
-    source: Any  # WeightsSource
-
-    @property
-    def max_length(self) -> int:
-        return self.config.text_config.max_position_embeddings
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.text_config.vocab_size
 
 
 def check_clip_matches(clip: CLIPConfig, config: Any, where: str) -> None:

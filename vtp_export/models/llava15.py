@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vtp_export.models import register
-from vtp_export.models.base import Geometry, VisionLanguageModel, VisionStack
+from vtp_export.models.base import VisionLanguageModel, register
+from vtp_export.contract import Geometry, VisionStack
 from vtp_export.models.clip import (
     CLIP_SIGNALS, clip_config, clip_geometry, clip_l336_text, clip_l336_vision, clip_preprocess, llava_vision_key,
     tiny_text, tiny_vision,
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import CLIPConfig, LlavaConfig
 
-    from vtp_export.methods.base import PruningMethod
+    from vtp_export.contract import MethodRequirements
 
 
 def vicuna7b_text() -> dict:
@@ -83,7 +83,7 @@ class Llava15(VisionLanguageModel):
 
         return CLIPVisionModel(config.vision_config).float().eval(), LlavaMultiModalProjector(config).float().eval()
 
-    def feature_extractor(self, stack: VisionStack, method: PruningMethod) -> nn.Module:
+    def feature_extractor(self, stack: VisionStack, method: MethodRequirements) -> nn.Module:
         from vtp_export.towers.clip import ClipFeatures
 
         return ClipFeatures(stack, method)
@@ -95,7 +95,7 @@ class Llava15(VisionLanguageModel):
         return f"USER: {content} ASSISTANT:"  # llava-hf's LLaVA-1.5 conversation template
 
     def stand_in_tokenizer(self, config: Any) -> Any:
-        from vtp_export.runtime.tokenizer import stand_in_llama_tokenizer
+        from vtp_export.models.tokenizer import stand_in_llama_tokenizer
 
         return stand_in_llama_tokenizer(config.text_config.vocab_size, {config.image_token_id: self.image_token})
 

@@ -1,6 +1,6 @@
 """LLaVA-NeXT (LLaVA-1.6) with a static AnyRes grid: the CLIP tower of LLaVA-1.5 over the base image and R x C
-tiles, one batch of crops, with per-crop budgets (K / crops tokens of each crop, methods/base.py
-arrange_crops) or one budget per image where the method's official NeXT path has one (HoloV).
+tiles, one batch of crops, with per-crop budgets (K / crops tokens of each crop, laid out by models/layout.py
+AnyResLayout) or one budget per image where the method's official NeXT path has one (HoloV).
 
 Checkpoints: llava-hf/llava-v1.6-vicuna-7b-hf and llava-v1.6-mistral-7b-hf layouts
 (LlavaNextForConditionalGeneration; the text model is read from the config). The grid is fixed at export
@@ -16,17 +16,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from vtp_export.errors import UsageError, WeightsError
-from vtp_export.models import register
-from vtp_export.models.base import Geometry, ModelOption, VisionStack, parse_size
+from vtp_export.models.base import ModelOption, parse_size, register
+from vtp_export.contract import Geometry, VisionStack
 from vtp_export.models.clip import clip_geometry, clip_image_processor_settings
 from vtp_export.models.llava15 import Llava15, ToyWidth, tiny_llama_text
+from vtp_export.models.token_index import decode_token_index
 
 if TYPE_CHECKING:
     import numpy as np
     from torch import nn
     from transformers import LlavaNextConfig
 
-    from vtp_export.methods.base import PruningMethod
+    from vtp_export.contract import MethodRequirements
 
 # llava-hf's LLaVA-1.6 checkpoints: (height, width) canvases of 336-px tiles.
 PINPOINTS_336 = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
@@ -73,10 +74,16 @@ class LlavaNext(Llava15):
 
         return CLIPVisionModel(config.vision_config).float().eval(), LlavaNextMultiModalProjector(config).float().eval()
 
-    def feature_extractor(self, stack: VisionStack, method: PruningMethod) -> nn.Module:
-        from vtp_export.towers.clip import AnyResCrops, ClipFeatures
+    def feature_extractor(self, stack: VisionStack, method: MethodRequirements) -> nn.Module:
+        from vtp_export.models.layout import AnyResCrops
+        from vtp_export.towers.clip import ClipFeatures
 
-        return AnyResCrops(ClipFeatures(stack, method), stack.geometry.crops)
+        return AnyResCrops(ClipFeatures(stack, method), stack.geometry)
+
+    def token_layout(self, geometry: Geometry) -> nn.Module:
+        from vtp_export.models.layout import AnyResLayout
+
+        return AnyResLayout(geometry)
 
     def preprocess(self, images: list, geometry: Geometry) -> np.ndarray:
         """(B, 1 + R*C, 3, S, S) float32 with HF's LLaVA-NeXT processor (PIL backend) forced to the export's grid:
@@ -106,7 +113,7 @@ class LlavaNext(Llava15):
         if policy == "sequential":
             return super().image_positions(start, token_index, geometry, policy)
         n, g, cols = geometry.num_patches, geometry.grid, geometry.tile_cols
-        crop, within = np.divmod(token_index, n + 1)
+        crop, within = decode_token_index(token_index, n)
         tile_row, tile_col = np.divmod(np.maximum(crop - 1, 0), cols)
         patch_row, patch_col = np.divmod(np.maximum(within - 1, 0), g)
         grid_position = n + (tile_row * g + patch_row) * (cols * g) + tile_col * g + patch_col

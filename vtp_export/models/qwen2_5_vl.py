@@ -16,17 +16,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from vtp_export.errors import UsageError, WeightsError
-from vtp_export.models import register
-from vtp_export.models.base import Geometry, ModelOption, Signal, VisionLanguageModel, VisionStack, parse_size
+from vtp_export.models.base import ModelOption, VisionLanguageModel, parse_size, register
+from vtp_export.contract import Geometry, Signal, VisionStack
 from vtp_export.models.clip import CLIP_MEAN, CLIP_STD
-from vtp_export.targets import TENSORRT_MAX_TOPK_K
+from vtp_export.contract import TENSORRT_MAX_TOPK_K
 
 if TYPE_CHECKING:
     import numpy as np
     from torch import nn
     from transformers import Qwen2_5_VLConfig
 
-    from vtp_export.methods.base import PruningMethod
+    from vtp_export.contract import MethodRequirements
 
 DEFAULT_IMAGE_SIZE = "448x448"
 MIN_PIXELS = 56 * 56  # the smallest image Qwen's processor produces (its min_pixels)
@@ -153,7 +153,7 @@ class Qwen25VL(VisionLanguageModel):
         del tower.merger
         return tower, PatchMerger(merger, config.vision_config.spatial_merge_size ** 2).eval()
 
-    def feature_extractor(self, stack: VisionStack, method: PruningMethod) -> nn.Module:
+    def feature_extractor(self, stack: VisionStack, method: MethodRequirements) -> nn.Module:
         from vtp_export.towers.qwen import QwenFeatures
 
         return QwenFeatures(stack, method)
@@ -188,7 +188,7 @@ class Qwen25VL(VisionLanguageModel):
         return positions.astype(np.int64), start + max(geometry.grid_rows, geometry.grid_cols)
 
     def stand_in_tokenizer(self, config: Any) -> Any:
-        from vtp_export.runtime.tokenizer import stand_in_qwen_tokenizer
+        from vtp_export.models.tokenizer import stand_in_qwen_tokenizer
 
         return stand_in_qwen_tokenizer(config.text_config.vocab_size, SPECIAL_TOKENS)
 

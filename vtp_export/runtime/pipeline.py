@@ -17,21 +17,19 @@ from typing import Any
 import numpy as np
 
 from vtp_export.errors import PipelineError, VtpError
-from vtp_export.graph_io import IMAGE_EMBEDS, INPUT_IDS, NUM_VALID, PIXEL_VALUES, TEXT_EMBEDS, TOKEN_INDEX
+from vtp_export.onnx.names import IMAGE_EMBEDS, INPUT_IDS, NUM_VALID, PIXEL_VALUES, TEXT_EMBEDS, TOKEN_INDEX
 from vtp_export.models import MODELS
-from vtp_export.records import ExportRecord, read_export
+from vtp_export.records.export import ExportRecord, read_export
 from vtp_export.runtime.backends import VisionBackend, open_backend
-from vtp_export.runtime.images import ImageInput, load_image
-from vtp_export.runtime.llm import LLM_BACKENDS, LanguageModelBackend, Segment
-from vtp_export.runtime.tokenizer import clip_input_ids, load_tokenizer, stand_in_clip_tokenizer
-from vtp_export.weights import WeightsFolder, read_model_config, read_tensor
+from vtp_export.util.images import ImageInput, load_image
+from vtp_export.runtime.llm.protocol import POSITION_POLICIES, LanguageModelBackend, LlmRequest, Segment
+from vtp_export.runtime.llm.backends import DEFAULT_LLM_BACKEND, LLM_BACKENDS, LlmBackend, llm_backend
+from vtp_export.models.tokenizer import clip_input_ids, load_tokenizer, stand_in_clip_tokenizer
+from vtp_export.checkpoint.locate import read_model_config, read_tensor
+from vtp_export.contract import WeightsFolder
 
 IMAGE_SIZES = "image_sizes"  # (height, width) of each original image, beside the vision graph's outputs
 
-# sequential: positions 0..T-1 over the pruned sequence (what LLaVA does); original: image tokens keep the
-# position of their source patch and the text after the image continues as if all its tokens were there
-# (FastV / TensorRT Edge-LLM style). See VisionLanguageModel.image_positions.
-POSITION_POLICIES = ("sequential", "original")
 # static: the vision graph's tokens as they are; hf: AnyRes models' unpruned tokens unpadded by the image's size
 # with image_newline after every grid row, as HF's pack_image_features (to prove the pipeline equals HF).
 LAYOUTS = ("static", "hf")
@@ -63,27 +61,24 @@ class Pipeline:
 
     @classmethod
     def from_dir(cls, folder: str | Path, llm: str | Path | LanguageModelBackend | None = None,
-                 backend: str | None = None, llm_backend: str = "transformers", position_ids: str | None = None,
+                 backend: str | None = None, llm_backend: str = DEFAULT_LLM_BACKEND, position_ids: str | None = None,
                  llm_layers: int | None = None, device: str = "cpu", dtype: str = "float32",
                  layout: str = "static") -> "Pipeline":
         """llm: None for the checkpoint the export came from (seeded random weights for random exports, cut
         to llm_layers where given), a HF checkpoint folder (transformers) or GGUF file (llama.cpp), or a
         backend object. backend: None (a matching TensorRT engine, else onnxruntime), "onnxruntime",
-        "tensorrt" or "torch". llm_backend: "transformers" or "llama.cpp" (a GGUF from `vtp-export llm`,
-        sequential positions only; device, dtype and llm_layers are the transformers backend's).
-        position_ids: None for the model's own policy (sequential for LLaVA, original for Qwen2.5-VL's M-RoPE).
-        layout: "static", or "hf" for an unpruned AnyRes export (see LAYOUTS)."""
+        "tensorrt" or "torch". llm_backend: one of runtime/llm_backends.py, "transformers" or "llama.cpp" (a
+        GGUF from `vtp-export llm`, sequential positions only; device, dtype and llm_layers are the
+        transformers backend's). position_ids: None for the model's own policy (sequential for LLaVA, original
+        for Qwen2.5-VL's M-RoPE). layout: "static", or "hf" for an unpruned AnyRes export (see LAYOUTS)."""
         folder = Path(folder)
         if position_ids is not None and position_ids not in POSITION_POLICIES:
             raise PipelineError(f"position_ids={position_ids!r} is not one of {', '.join(POSITION_POLICIES)}")
-        if llm_backend not in LLM_BACKENDS:
-            raise PipelineError(f"llm_backend={llm_backend!r} is not one of {', '.join(LLM_BACKENDS)}")
+        declared = llm_backend_for(llm_backend, llm)
         if llm_layers is not None and llm_layers < 1:
             raise PipelineError(f"llm_layers={llm_layers} must be at least 1")
-        llama_cpp = (llm_backend if isinstance(llm, (str, Path, type(None))) else llm.name) == "llama.cpp"
-        if llama_cpp and llm_layers is not None:
-            raise PipelineError("llm_layers: a GGUF has the layers it was converted with (vtp-export llm DIR "
-                                "--format gguf --llm-layers N)")
+        if declared is not None and llm_layers is not None and declared.layer_cut_refusal is not None:
+            raise PipelineError(f"llm_layers: {declared.layer_cut_refusal}")
         try:
             record = read_export(folder)
             model = MODELS.get(record.model.name)
@@ -91,14 +86,13 @@ class Pipeline:
         except VtpError as error:
             raise PipelineError(str(error)) from None
         policy = position_ids or model.default_position_ids
-        if llama_cpp and policy != "sequential":
-            raise PipelineError(f"position_ids={policy!r}: llama.cpp needs consecutive positions on LLaMA "
-                                "models; use 'sequential' or the transformers LLM backend")
+        if declared is not None and policy not in declared.position_policies:
+            raise PipelineError(f"position_ids={policy!r}: {declared.position_refusal}")
         if record.method.text_conditioned and "text" not in record.graphs:
             raise PipelineError(f"{folder}: {record.method.name} is text-conditioned but the export has no text graph")
         newline = hf_layout_newline(folder, record, layout)
         language_model = llm if not isinstance(llm, (str, Path, type(None))) else \
-            open_language_model(folder, record, config, llm, llm_backend, llm_layers, device, dtype)
+            declared.open(LlmRequest(folder, record, config, llm, llm_layers, device, dtype))
         clip_tokenizer = None
         if record.method.text_conditioned:
             text_weights = record.model.text_weights
@@ -248,24 +242,10 @@ def hf_layout_newline(folder: Path, record: ExportRecord, layout: str) -> np.nda
         raise PipelineError(str(error)) from None
 
 
-def open_language_model(folder: Path, record: ExportRecord, config: Any, llm: str | Path | None, llm_backend: str,
-                        llm_layers: int | None, device: str, dtype: str) -> LanguageModelBackend:
-    """The LLM backend: llama.cpp on a GGUF (the export's own from `vtp-export llm`, or `llm`), or transformers
-    on `llm`, the export's checkpoint, or seeded random weights for random-weight exports."""
-    model = MODELS.get(record.model.name)
-    if llm_backend == "llama.cpp":
-        from vtp_export.runtime.llama_cpp_llm import open_gguf
-
-        return open_gguf(folder, record, llm)
-    try:
-        from vtp_export.runtime.transformers_llm import TransformersLanguageModel
-    except ImportError:
-        raise PipelineError("the transformers LLM backend needs PyTorch; on a device without it use "
-                            "llm_backend='llama.cpp' (--llm-backend llama.cpp)") from None
-    weights = record.model.weights
-    if llm is not None or isinstance(weights, WeightsFolder):
-        if llm_layers is not None:
-            raise PipelineError("--llm-layers cuts a random LLM; this export's LLM comes from a checkpoint")
-        return TransformersLanguageModel.from_checkpoint(model, Path(llm or weights.path), record.model.geometry,
-                                                         device, dtype)
-    return TransformersLanguageModel.random(model, config, weights.seed, llm_layers, device)
+def llm_backend_for(name: str, llm: str | Path | LanguageModelBackend | None) -> LlmBackend | None:
+    """The declared backend that will run: the named one, or that of a backend object given as `llm` (None for
+    an object of an unregistered backend)."""
+    declared = llm_backend(name)
+    if isinstance(llm, (str, Path, type(None))):
+        return declared
+    return LLM_BACKENDS.get(llm.name) if llm.name in LLM_BACKENDS else None

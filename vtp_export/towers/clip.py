@@ -13,10 +13,11 @@ from torch import Tensor, nn
 from transformers import CLIPConfig, CLIPTextModelWithProjection
 
 from vtp_export.errors import ExportError
-from vtp_export.methods.base import PruningMethod, VisionFeatures
-from vtp_export.models.base import Signal, VisionStack
-from vtp_export.models.clip import ClipText
-from vtp_export.weights import WeightsSource
+from vtp_export.contract import MethodRequirements
+from vtp_export.contract import VisionFeatures
+from vtp_export.contract import Signal, VisionStack
+from vtp_export.contract import ClipText
+from vtp_export.contract import WeightsSource
 
 
 def build_clip_text(clip: CLIPConfig, source: WeightsSource) -> ClipText:
@@ -71,7 +72,7 @@ class ClipFeatures(nn.Module):
     """pixel_values (B', 3, S, S) [, text_embeds (B', P)] -> VisionFeatures of the feature layer, with only
     the signals `method` requires."""
 
-    def __init__(self, stack: VisionStack, method: PruningMethod) -> None:
+    def __init__(self, stack: VisionStack, method: MethodRequirements) -> None:
         super().__init__()
         tower, layer = stack.tower, stack.geometry.feature_layer
         self.embeddings = tower.embeddings
@@ -118,32 +119,6 @@ class ClipFeatures(nn.Module):
             features.clip_patch_embeds = self.visual_projection(self.post_layernorm(features.patches))
             features.text_embeds = text_embeds
         return features
-
-
-class AnyResCrops(nn.Module):
-    """pixel_values (B, crops, 3, S, S) [, text_embeds (B, P)] -> the crops through `features` as one batch of
-    B x crops rows (base first within each image), each crop with its image's question."""
-
-    def __init__(self, features: ClipFeatures, crops: int) -> None:
-        super().__init__()
-        self.features, self.crops = features, crops
-
-    def forward(self, pixel_values: Tensor, text_embeds: Tensor | None = None) -> VisionFeatures:
-        return self.method_inputs(self.tower_features(pixel_values), text_embeds)
-
-    def tower_features(self, pixel_values: Tensor) -> VisionFeatures:
-        return self.features.tower_features(pixel_values.flatten(0, 1))
-
-    def scoring_input(self, pixel_values: Tensor) -> Tensor:
-        return self.features.scoring_input(pixel_values.flatten(0, 1))
-
-    def scoring_layer(self, x: Tensor) -> VisionFeatures:
-        return self.features.scoring_layer(x)
-
-    def method_inputs(self, features: VisionFeatures, text_embeds: Tensor | None) -> VisionFeatures:
-        if text_embeds is not None:
-            text_embeds = text_embeds.repeat_interleave(self.crops, dim=0)
-        return self.features.method_inputs(features, text_embeds)
 
 
 class ClipTextEncoder(nn.Module):

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from vtp_export.methods.base import PruningMethod, VisionFeatures
-from vtp_export.models.base import Signal, VisionStack
+from vtp_export.contract import MethodRequirements
+from vtp_export.contract import VisionFeatures
+from vtp_export.contract import Signal, VisionStack
 
 MASK_VALUE = -1e4  # additive mask of pad keys: exp underflows to exactly 0 in float32, finite in fp16
 
@@ -176,7 +177,7 @@ class QwenFeatures(nn.Module):
     """pixel_values (B, 3, H, W) -> VisionFeatures of the merged tokens (with their received attention where the
     method scores by it)."""
 
-    def __init__(self, stack: VisionStack, method: PruningMethod) -> None:
+    def __init__(self, stack: VisionStack, method: MethodRequirements) -> None:
         super().__init__()
         tower, vision, geometry = stack.tower, stack.config.vision_config, stack.geometry
         layout = window_layout(geometry.image_height, geometry.image_width, vision.patch_size,

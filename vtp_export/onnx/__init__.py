@@ -1,0 +1,1 @@
+"""ONNX: graph I/O names, export, onnxruntime sessions, graph signatures, random inputs."""
