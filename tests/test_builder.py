@@ -56,8 +56,13 @@ def test_weakly_typed_build_at_another_precision_rewrites_the_recipe_and_its_rec
     out = cached_export.copy(tmp_path / "e", "llava15-tiny", "fastervlm", 16, "jetpack5-orin", verify_samples=1)
     script = out / BUILD_SCRIPT
     assert "--precisionConstraints=obey" in script.read_text()
+    before = json.loads((out / "config.json").read_text())
     build(out, precision="fp32", device=NO_TENSORRT)
     record = read_export(out)
+    after = json.loads((out / "config.json").read_text())
+    for graph in (*before["graphs"].values(), *after["graphs"].values()):
+        graph.pop("float32_nodes")
+    assert {**after, "device_build": None} == {**before, "device_build": None}, "the build updates its section only"
     assert "--fp16" not in script.read_text()
     assert record.device_build.precision == "fp32" and all(not g.float32_nodes for g in record.graphs.values())
     assert record.device_build.commands[0].split()[1:] == script.read_text().splitlines()[-1].split()[1:]
@@ -125,8 +130,8 @@ def test_builder_path_builds_engines_with_tensorrt_rtx(orin_trim, tmp_path):
         entry = build_engine(tensorrt_rtx_bindings, orin_trim / graph.file, engine, ORIN, "fp16", graph, cache,
                              progress=lambda _: None)
         assert engine.stat().st_size == entry.bytes > 0 and entry.layers > 0 and entry.onnx_sha256 == graph.sha256
-        assert entry.flags["dynamic_batch"] and entry.flags["max_batch"] == 64
-        assert entry.flags["strongly_typed"] and entry.float32_layers == 0
+        assert entry.flags.dynamic_batch and entry.flags.max_batch == 64
+        assert entry.flags.strongly_typed and entry.float32_layers == 0
     assert cache.is_file()
 
 

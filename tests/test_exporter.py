@@ -72,8 +72,8 @@ def test_every_golden_graph_fits_tensorrt(cpu_export):
     paths = sorted(out.glob("*.onnx"))
     assert paths and out / VISION_ONNX in paths
     for path in paths:
-        assert lint_graph(path, TARGETS.get("orin"))["passed"]
-        assert check_with_tensorrt_parser(path, build_engine=False)["layers"] > 0
+        assert lint_graph(path, TARGETS.get("orin")).passed
+        assert check_with_tensorrt_parser(path, build_engine=False).layers > 0
 
 
 def test_graph_is_static_and_free_of_data_dependent_ops(orin_export):

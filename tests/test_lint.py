@@ -38,7 +38,7 @@ def topk_graph(tmp_path, k: int, k_from: str, opset: int = 17):
 
 
 def test_a_conforming_topk_passes(tmp_path):
-    assert lint_graph(topk_graph(tmp_path, 64, "initializer"), TARGETS.get("orin"))["passed"]
+    assert lint_graph(topk_graph(tmp_path, 64, "initializer"), TARGETS.get("orin")).passed
 
 
 @pytest.mark.parametrize("target,k,k_from,message", [
@@ -53,7 +53,7 @@ def test_topk_rules(tmp_path, target, k, k_from, message):
 
 
 def test_constant_k_is_fine_for_tensorrt_10(tmp_path):
-    assert lint_graph(topk_graph(tmp_path, 64, "constant"), TARGETS.get("orin"))["passed"]
+    assert lint_graph(topk_graph(tmp_path, 64, "constant"), TARGETS.get("orin")).passed
 
 
 def test_opset_above_the_ceiling(tmp_path):
@@ -66,7 +66,7 @@ def test_layer_norm_is_missing_before_tensorrt_8_6(tmp_path):
     nodes = [helper.make_node("LayerNormalization", ["x", "w"], ["y"], name="the_norm")]
     inits = [numpy_helper.from_array(np.ones(4, np.float32), "w")]
     path = save(tmp_path, nodes, [value("x", [1, 4])], [value("y", [1, 4])], inits, opset=17)
-    assert lint_graph(path, TARGETS.get("orin"))["passed"]
+    assert lint_graph(path, TARGETS.get("orin")).passed
     with pytest.raises(TargetConstraintError, match="'the_norm' \\(LayerNormalization\\): not supported by TensorRT 8.5"):
         lint_graph(path, TARGETS.get("jetpack5-orin"))
 
@@ -127,7 +127,7 @@ def qdq_graph(tmp_path, quantized, zero=0, with_zero_point=True, opset=19):
 def test_bf16_casts_need_a_target_with_bf16(tmp_path, target, passes):
     path = cast_graph(tmp_path, TensorProto.BFLOAT16)
     if passes:
-        assert lint_graph(path, TARGETS.get(target))["passed"]
+        assert lint_graph(path, TARGETS.get(target)).passed
     else:
         with pytest.raises(TargetConstraintError, match="'the_cast' \\(Cast\\): BFLOAT16; target orin does not list bf16"):
             lint_graph(path, TARGETS.get(target))
@@ -136,7 +136,7 @@ def test_bf16_casts_need_a_target_with_bf16(tmp_path, target, passes):
 def test_tensorrt_8_5_has_no_bf16(tmp_path):
     with pytest.raises(TargetConstraintError, match="BFLOAT16 is not a TensorRT 8.5 type"):
         lint_graph(cast_graph(tmp_path, TensorProto.BFLOAT16, opset=17), TARGETS.get("jetpack5-orin"))
-    assert lint_graph(cast_graph(tmp_path, TensorProto.FLOAT16, opset=17), TARGETS.get("jetpack5-orin"))["passed"]
+    assert lint_graph(cast_graph(tmp_path, TensorProto.FLOAT16, opset=17), TARGETS.get("jetpack5-orin")).passed
 
 
 def test_quantized_types_come_from_quantize_linear_only(tmp_path):
@@ -156,7 +156,7 @@ def test_quantized_types_come_from_quantize_linear_only(tmp_path):
 def test_qdq_types_per_target(tmp_path, target, quantized, message):
     path = qdq_graph(tmp_path, quantized)
     if message is None:
-        assert lint_graph(path, TARGETS.get(target))["passed"]
+        assert lint_graph(path, TARGETS.get(target)).passed
     else:
         with pytest.raises(TargetConstraintError, match="'the_q' \\(QuantizeLinear\\): " + message):
             lint_graph(path, TARGETS.get(target))
@@ -164,7 +164,7 @@ def test_qdq_types_per_target(tmp_path, target, quantized, message):
 
 def test_qdq_rules_of_tensorrt_8_5(tmp_path):
     jetpack5 = TARGETS.get("jetpack5-orin")
-    assert lint_graph(qdq_graph(tmp_path, TensorProto.INT8, opset=13), jetpack5)["passed"]
+    assert lint_graph(qdq_graph(tmp_path, TensorProto.INT8, opset=13), jetpack5).passed
     with pytest.raises(TargetConstraintError, match="quantizes to UINT8; TensorRT 8.5 takes INT8"):
         lint_graph(qdq_graph(tmp_path, TensorProto.INT8, with_zero_point=False, opset=13), jetpack5)
 

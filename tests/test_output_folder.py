@@ -39,3 +39,19 @@ def test_replaces_an_earlier_export_but_not_a_foreign_folder(tmp_path):
         with staged_folder(foreign):
             pass
     assert (foreign / "keep.txt").read_text() == "z"
+
+
+def test_an_export_folder_with_its_subfolders_is_ours_but_a_stray_file_in_them_is_not(tmp_path):
+    """The runtime files live in subfolders (model/, clip-tokenizer/): listed file by file, so a re-export
+    replaces them, and a file vtp-export did not write there is named."""
+    from vtp_export.records.folder import check_writable
+
+    out = tmp_path / "export"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "config.json").write_text("{}")
+    listed = lambda folder: [CONFIG_JSON, "model/config.json"]  # noqa: E731
+    check_writable(out, own_files=listed)
+    (out / "model" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputFolderError, match=r"holds what vtp-export did not write there \(model/notes.txt\)"):
+        check_writable(out, own_files=listed)
+    check_writable(out, replace=True, own_files=listed)

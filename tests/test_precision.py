@@ -80,7 +80,7 @@ def graphs(fp32_graph, tmp_path_factory):
 def test_graph_has_the_precision_and_the_same_io(graphs, fp32_graph, precision):
     path, record = graphs[precision]
     assert graph_precision(path) == precision and graph_precision(fp32_graph[0]) == "fp32"
-    assert record["precision"] == precision and "nvidia-modelopt" in record["tool"]
+    assert record.precision == precision and "nvidia-modelopt" in record.tool
     low, fp32 = graph_signature(path), graph_signature(fp32_graph[0])
     assert (low["inputs"], low["outputs"]) == (fp32["inputs"], fp32["outputs"])  # names, float32 / int64, shapes
 
@@ -124,29 +124,29 @@ def test_weights_are_stored_in_the_low_type(graphs, fp32_graph, precision):
     matmul_weights = [t for t in floats if any(r.op_type in ("MatMul", "Gemm") for r in readers.get(t.name, []))]
     assert len(matmul_weights) >= 10 and all(t.data_type == low_type for t in matmul_weights
                                              if not all(r.name in keep for r in readers[t.name]))
-    assert record["graph_bytes"][precision] < record["graph_bytes"]["fp32"]
+    assert record.graph_bytes[precision] < record.graph_bytes["fp32"]
 
 
 @pytest.mark.parametrize("precision", LOW_PRECISIONS)
 def test_fp16_and_bf16_keep_the_tokens(graphs, fp32_graph, precision):
     path, inputs, reference = fp32_graph
     record = measure_fidelity(graphs[precision][0], precision, inputs, reference)
-    assert record["images"] == 3 and record["backend"].startswith("onnxruntime")
-    assert ("emulation twin" in record["backend"]) == (precision == "bf16")  # onnxruntime's CPU has no bf16 kernels
-    assert record["embeds_cosine_min"] >= 0.999
+    assert record.images == 3 and record.backend.startswith("onnxruntime")
+    assert ("emulation twin" in record.backend) == (precision == "bf16")  # onnxruntime's CPU has no bf16 kernels
+    assert record.embeds_cosine_min >= 0.999
     if precision == "fp16":
-        assert record["meets_target"] and record["token_overlap_min"] >= 0.98
+        assert record.meets_target and record.token_overlap_min >= 0.98
     else:  # bf16's 8-bit mantissa flips near-ties of this toy model's scores (README, Precision: figures)
-        assert record["token_overlap_min"] >= 0.95
+        assert record.token_overlap_min >= 0.95
 
 
 @pytest.mark.parametrize("precision", ("int8", "fp8"))
 def test_int8_and_fp8_figures(graphs, fp32_graph, precision):
     path, inputs, reference = fp32_graph
     record = measure_fidelity(graphs[precision][0], precision, inputs, reference)
-    assert "meets_target" not in record and "emulation twin" not in record["backend"]
-    assert 0.75 <= record["token_overlap_mean"] <= 1.0 and 0.99 <= record["embeds_cosine_min"] <= 1.0
-    assert graphs[precision][1]["quantized_tensors"] > 0 and graphs[precision][1]["remainder"]["precision"] == "fp16"
+    assert record.meets_target is None and "emulation twin" not in record.backend
+    assert 0.75 <= record.token_overlap_mean <= 1.0 and 0.99 <= record.embeds_cosine_min <= 1.0
+    assert graphs[precision][1].quantized_tensors > 0 and graphs[precision][1].remainder.precision == "fp16"
 
 
 @pytest.mark.trt
@@ -160,7 +160,7 @@ def test_tensorrt_rtx_builds_every_precision_strongly_typed(graphs, tmp_path, pr
                         dynamic_batch=False, inputs=[TensorSpec(**v) for v in signature["inputs"]], outputs=[])
     entry = build_engine(tensorrt_rtx_bindings, path, tmp_path / "vision.engine", TARGETS.get("h100"), precision,
                          graph, tmp_path / "timing.cache", progress=lambda _: None)
-    assert entry.bytes > 0 and entry.flags["strongly_typed"] and entry.float32_layers == 0
+    assert entry.bytes > 0 and entry.flags.strongly_typed and entry.float32_layers == 0
 
 
 def test_fidelity_counts_kept_tokens_and_matches_embeds_by_source():
@@ -169,11 +169,11 @@ def test_fidelity_counts_kept_tokens_and_matches_embeds_by_source():
     swapped = embeds[:, [1, 0, 2, 3]].copy()
     swapped[0, 3] = [-1, 5, 0]  # token 9 in place of 4: not compared
     outputs = [{TOKEN_INDEX: np.array([[2, 1, 3, 9]]), IMAGE_EMBEDS: swapped}]
-    record = fidelity(reference, outputs)
-    assert record["token_overlap_min"] == record["token_overlap_mean"] == 0.75
-    assert record["embeds_cosine_min"] == pytest.approx(1.0)
+    record = fidelity(reference, outputs, "fp16", "onnxruntime")
+    assert record.token_overlap_min == record.token_overlap_mean == 0.75 and record.meets_target is False
+    assert record.embeds_cosine_min == pytest.approx(1.0)
     outputs[0][IMAGE_EMBEDS][0, 2] = [9, -8, 7]
-    assert fidelity(reference, outputs)["embeds_cosine_min"] < 0.5
+    assert fidelity(reference, outputs, "int8", "onnxruntime").embeds_cosine_min < 0.5
 
 
 def test_bf16_emulation_rounds_every_bf16_tensor(tmp_path):
@@ -241,7 +241,7 @@ def test_apply_precision_refuses(fp32_graph, tmp_path, target, precision, messag
 def test_apply_precision_on_jetpack5_leaves_fp16_to_the_builder(fp32_graph, tmp_path):
     path = copy_graph(fp32_graph[0], tmp_path)
     record = apply_precision(path, "fp16", TARGETS.get("jetpack5-orin"), float32_nodes(path))
-    assert record["graph"] == "fp32" and graph_precision(path) == "fp32"
+    assert record.graph == "fp32" and graph_precision(path) == "fp32"
 
 
 def test_float32_nodes_are_the_score_path(fp32_graph):

@@ -37,14 +37,14 @@ def test_profile_of_a_text_conditioned_export(cached_export):
     assert profile.tokens.visual == 64 and profile.export.label == "trim"
     assert set(profile.stages) == set(profiling.STAGES)
     assert all(s.p50_ms > 0 for s in profile.stages.values())
-    assert profile.memory["peak_host_rss_mib"] > 0 and profile.export.backend == "onnxruntime"
+    assert profile.memory.peak_host_rss_mib > 0 and profile.export.backend == "onnxruntime"
     assert profile.load.other_load >= 0
 
 
 def test_device_record():
     device = profiling.device_record()
-    assert device["cpu"] and device["cpu_threads_used"] >= 1
-    assert {"torch", "onnxruntime", "transformers", "vtp_export"} <= set(device["versions"])
+    assert device.cpu and device.cpu_threads_used >= 1
+    assert {"torch", "onnxruntime", "transformers", "vtp_export"} <= set(device.versions)
 
 
 def test_sweep_writes_json_csv_plots_and_a_table(tmp_path, capsys):
@@ -73,8 +73,9 @@ def test_compare_and_bad_reports(tmp_path):
         read_report(tmp_path / "other.json")
     with pytest.raises(RecordError, match="has no missing.json"):
         read_report(tmp_path / "missing.json")
+    machine = {"cpu": "x", "cpu_threads_used": 1, "cpu_count": 2, "os": "", "python": "", "versions": {}, "gpu": None}
     (tmp_path / "partial.json").write_text(json.dumps({"producer": "vtp-export", "schema": PROFILE_SCHEMA,
-                                                       "created": "", "device": {}, "summary": [],
+                                                       "created": "", "device": machine, "summary": [],
                                                        "profiles": [{"export": {}}]}))
     with pytest.raises(RecordError, match=r"partial.json.profiles\[0\].export lacks the key 'folder'"):
         read_report(tmp_path / "partial.json")

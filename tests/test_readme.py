@@ -45,7 +45,8 @@ def test_quickstart_main_job(tmp_path):
     assert result.stderr == "", "a successful command prints nothing on stderr"
     out = tmp_path / "exports" / "llava15-holov-k64-orin"
     assert "token_index identical" in result.stdout and "TensorRT ONNX parser" in result.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["build_engine.sh", "config.json", "vision.onnx", "vision.onnx.data"]
+    assert sorted(p.name for p in out.iterdir()) == ["build_engine.sh", "config.json", "model", "vision.onnx",
+                                                     "vision.onnx.data"]
 
 
 EXAMPLES = [line for section in ("Command line", "Models") for block in code_blocks(section) for line in block

@@ -48,11 +48,11 @@ def main() -> int:
                     print(f"{method:13} {precision:5} refused: {error}", flush=True)
                     continue
                 vision = record.graphs["vision"].precision
-                fidelity = vision["fidelity"]
-                row = {"method": method, "precision": precision, "overlap_min": fidelity["token_overlap_min"],
-                       "overlap_mean": fidelity["token_overlap_mean"], "cosine_min": fidelity["embeds_cosine_min"],
-                       "images": fidelity["images"], "meets_target": fidelity.get("meets_target"),
-                       "bytes": vision["graph_bytes"], "computed_by": fidelity["backend"],
+                fidelity = vision.fidelity
+                row = {"method": method, "precision": precision, "overlap_min": fidelity.token_overlap_min,
+                       "overlap_mean": fidelity.token_overlap_mean, "cosine_min": fidelity.embeds_cosine_min,
+                       "images": fidelity.images, "meets_target": fidelity.meets_target,
+                       "bytes": vision.graph_bytes, "computed_by": fidelity.backend,
                        "seconds": record.timings.get("precision_vision_s")}
                 rows.append(row)
                 verdict = {True: "meets target", False: "below target", None: ""}[row["meets_target"]]

@@ -1,6 +1,7 @@
 """vtp-export command line: export (default), and listings of models, methods and targets."""
 
 import argparse
+import importlib.util
 import os
 import sys
 import warnings
@@ -9,10 +10,20 @@ from pathlib import Path
 
 from vtp_export.errors import Interrupted, UsageError, VtpError
 from vtp_export.records.folder import check_writable
+from vtp_export.records.graph import LoweredGraph, QuantizedGraph
 
 COMMANDS = ("export", "build", "lint", "run", "profile", "llm", "models", "methods", "targets")
 LISTINGS = ("models", "methods", "targets")
 DEBUG_ENV = "VTP_EXPORT_DEBUG"
+# What needs the exporter's stack (PyTorch, the modelling and ONNX tooling): the [export] extra. A device install
+# ('vtp-export[llama]') runs, profiles, lints and builds export folders without it.
+EXPORTER_COMMANDS = ("export", "llm", "methods")
+
+
+def require_exporter(what: str) -> None:
+    if importlib.util.find_spec("torch") is None:
+        raise UsageError(f"{what} needs the exporter (PyTorch and the ONNX tooling), which this install lacks: "
+                         "pip install 'vtp-export[export]'")
 
 
 class Parser(argparse.ArgumentParser):
@@ -236,6 +247,7 @@ def run_profile(argv: Sequence[str]) -> int:
     else:
         if not (args.model and args.method and args.keep):
             raise UsageError("profile needs export folders, or --model, --method and --keep for a sweep")
+        require_exporter("vtp-export profile --model (a sweep exports)")
         llm_format = LLM_BACKENDS.get(args.llm_backend).llm_format
         if llm_format is not None and args.llm is None:
             raise UsageError(f"a sweep's scratch exports have no {llm_format.upper()}: with --llm-backend "
@@ -291,7 +303,7 @@ def run_lint(argv: Sequence[str]) -> int:
                          f"{labels(lambda t: t.lints)} targets")
     for graph in record.graphs.values():
         result = lint_graph(args.folder / graph.file, target, graph.dynamic_batch)
-        print(f"{graph.file}: fits {target.name} (opset {result['opset']}, {result['nodes']} nodes)")
+        print(f"{graph.file}: fits {target.name} (opset {result.opset}, {result.nodes} nodes)")
     return 0
 
 
@@ -302,6 +314,8 @@ def summary(out: Path) -> str:
     lines = [f"wrote {out}"]
     for graph in record.graphs.values():
         check = graph.verification
+        reduced = graph.precision if isinstance(graph.precision, (LoweredGraph, QuantizedGraph)) else None
+        measured = reduced is not None and reduced.fidelity is not None
         shapes = "  ".join(f"{v.name} {v.shape}" for v in graph.outputs)
         diffs = ", ".join(f"{name} max |diff| {value:.2e}" for name, value in check.max_abs_diff.items())
         selection = f"token_index {check.selection}, " if check.selection else ""
@@ -309,19 +323,19 @@ def summary(out: Path) -> str:
         ties = f" ({passed_over} more passed over: near-tied scores)" if passed_over else ""
         lines += [
             f"  {graph.file}: {graph.nodes} nodes, opset {graph.opset}, {shapes}",
-            f"    {'fp32 graph ' if graph.precision and 'fidelity' in graph.precision else ''}verified against "
+            f"    {'fp32 graph ' if measured else ''}verified against "
             f"PyTorch on {check.samples} random batches{ties}: {selection}{diffs}",
         ]
-        if graph.precision is not None and "fidelity" in graph.precision:
-            lines.append("    " + precision_line(graph.precision))
+        if measured:
+            lines.append("    " + precision_line(reduced))
         if graph.lint is not None:
-            lines.append(f"    fits {graph.lint['target']}: TensorRT ops, opset, constant TopK K, static shapes")
+            lines.append(f"    fits {graph.lint.target}: TensorRT ops, opset, constant TopK K, static shapes")
         parser = graph.tensorrt_parser
-        if parser is not None and parser["checked"]:
-            built = ", engine built (CPU-only builder)" if parser.get("engine_built") else ""
-            lines.append(f"    TensorRT ONNX parser ({parser['parser']}): accepted, {parser['layers']} layers{built}")
+        if parser is not None and parser.checked:
+            built = ", engine built (CPU-only builder)" if parser.engine_built else ""
+            lines.append(f"    TensorRT ONNX parser ({parser.parser}): accepted, {parser.layers} layers{built}")
         elif parser is not None:
-            lines.append(f"    TensorRT ONNX parser: not checked ({parser['reason']})")
+            lines.append(f"    TensorRT ONNX parser: not checked ({parser.reason})")
     if record.device_build is not None:
         build = record.device_build
         kept = sum(len(g.float32_nodes) for g in record.graphs.values())
@@ -331,19 +345,19 @@ def summary(out: Path) -> str:
     return "\n".join(lines)
 
 
-def precision_line(precision: dict) -> str:
+def precision_line(precision: LoweredGraph | QuantizedGraph) -> str:
     """'fp16 graph (ModelOpt ...): kept-token overlap min 1.000, embeddings cosine min 0.99999 (onnxruntime)'."""
-    fidelity = precision["fidelity"]
-    overlap = (f"kept-token overlap with fp32 PyTorch min {fidelity['token_overlap_min']:.3f} mean "
-               f"{fidelity['token_overlap_mean']:.3f}, " if "token_overlap_min" in fidelity else "")
+    fidelity = precision.fidelity
+    overlap = (f"kept-token overlap with fp32 PyTorch min {fidelity.token_overlap_min:.3f} mean "
+               f"{fidelity.token_overlap_mean:.3f}, " if fidelity.token_overlap_min is not None else "")
     verdict = ""
-    if "meets_target" in fidelity:
-        bounds = ", ".join(f"{key.split('_min')[0].replace('_', ' ')} >= {bound}"
-                           for key, bound in fidelity["target"].items())
-        verdict = "; meets the target" if fidelity["meets_target"] else f"; BELOW the target ({bounds})"
-    backend = "emulated in onnxruntime" if "emulation" in fidelity["backend"] else "onnxruntime"
-    return (f"{precision['precision']} graph ({precision['tool']}): {overlap}embeddings cosine min "
-            f"{fidelity['embeds_cosine_min']:.5f} over {fidelity['images']} images ({backend}){verdict}")
+    if fidelity.target is not None:
+        bounds = (f"token overlap >= {fidelity.target.token_overlap_min}, "
+                  f"embeds cosine >= {fidelity.target.embeds_cosine_min}")
+        verdict = "; meets the target" if fidelity.meets_target else f"; BELOW the target ({bounds})"
+    backend = "emulated in onnxruntime" if "emulation" in fidelity.backend else "onnxruntime"
+    return (f"{precision.precision} graph ({precision.tool}): {overlap}embeddings cosine min "
+            f"{fidelity.embeds_cosine_min:.5f} over {fidelity.images} images ({backend}){verdict}")
 
 
 def run_listing(command: str, argv: Sequence[str]) -> int:
@@ -384,6 +398,8 @@ def dispatch(argv: Sequence[str]) -> int:
         command, rest = argv[0], argv[1:]
     else:
         command, rest = "export", argv
+    if command in EXPORTER_COMMANDS:
+        require_exporter(f"vtp-export {command}")
     if command in LISTINGS:
         return run_listing(command, rest)
     commands = {"export": run_export, "build": run_build, "lint": run_lint, "run": run_pipeline, "profile": run_profile,

@@ -26,6 +26,7 @@ from vtp_export.precision.transforms import (
 from vtp_export.trt.recipe import BUILD_SCRIPT, write_build_script
 from vtp_export.records.export import EXPORT_SCHEMA, DeviceBuild, ExportRecord, GraphRecord, MethodRecord, ModelRecord, TensorSpec
 from vtp_export.records.codec import sha256, write_json
+from vtp_export.records.graph import GraphPrecision, LoweredGraph, QuantizedGraph
 from vtp_export.onnx.signature import graph_signature
 from vtp_export.targets import TARGETS
 from vtp_export.trt.parser import check_with_tensorrt_parser
@@ -35,6 +36,7 @@ from vtp_export.export.verify import CANDIDATES_PER_SAMPLE, compare_with_onnxrun
 from vtp_export.export.graph import VisionGraph
 from vtp_export.contract import RandomWeights
 from vtp_export.checkpoint.load import load_stack
+from vtp_export.export.runtime_files import write_runtime_files
 from vtp_export.export.plan import ExportRequest, Plan, Progress, plan_export
 
 
@@ -92,7 +94,7 @@ def export(request: ExportRequest, progress: Progress = lambda _: None) -> Path:
 
 
 def lower_graph(request: ExportRequest, plan: Plan, graph: WrittenGraph, precision: str, keep_float32: list[str],
-                progress: Progress) -> dict:
+                progress: Progress) -> GraphPrecision | None:
     """Put `precision` into the verified fp32 graph (strongly typed targets; a weakly typed one keeps the fp32
     graph and builds with flags) and measure its fidelity to the fp32 module on the verification inputs.
     The text graph is lowered, never quantized: int8/fp8 exports get an fp16 text graph."""
@@ -106,8 +108,9 @@ def lower_graph(request: ExportRequest, plan: Plan, graph: WrittenGraph, precisi
     progress(f"putting {graph_precision} into {graph.path.name}"
              + (f" (calibrated on {len(feeds)} batches)" if feeds else ""))
     transform = apply_precision(graph.path, graph_precision, target, keep_float32, feeds)
-    if transform.get("graph", graph_precision) != "fp32":
-        transform["fidelity"] = measure_fidelity(graph.path, graph_precision, graph.inputs, graph.expected)
+    if isinstance(transform, (LoweredGraph, QuantizedGraph)):
+        transform = dataclasses.replace(
+            transform, fidelity=measure_fidelity(graph.path, graph_precision, graph.inputs, graph.expected))
     return transform
 
 
@@ -161,6 +164,9 @@ def write_graphs(request: ExportRequest, plan: Plan, stage: Path, progress: Prog
                             method.text_conditioned, method.exact_selection),
         keep=method.tokens_per_image, target=target, graphs={}, versions=versions(),
         timings={"load_and_reference_s": load_s, "export_s": round(time.perf_counter() - start, 2)},
+        runtime_files=write_runtime_files(stage, plan.model, plan.config, stack.source,
+                                          stack.clip.source if method.text_conditioned else None,
+                                          stack.clip.vocab_size if method.text_conditioned else None),
     )
     return record, [vision_graph] + ([text_graph] if text_graph is not None else [])
 

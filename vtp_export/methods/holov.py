@@ -16,10 +16,11 @@ the remaining shortfall filled by the highest-H undecided tokens. Always exactly
 The paper gives no tau value; the default 1.0 is ours.
 
 LLaVA-NeXT (obananas/HoloV llava/model/llava_arch.py, methods-spec.md): one budget K over the image's whole
-sequence, the base crop's patches then the tiles' in full-grid raster order, in C contiguous chunks as above,
-each token scored by its own crop's CLS attention row. The official code unpads that sequence by the image's
-size first (data-dependent); the static form keeps the fixed grid (identical for images of the grid's
-aspect). The paper variant is defined on one square patch grid and refuses AnyRes crops.
+sequence (VisionFeatures.image_sequence, the model's layout), the base crop's patches then the tiles' in
+full-grid raster order, in C contiguous chunks as above, each token scored by its own crop's CLS attention row.
+The official code unpads that sequence by the image's size first (data-dependent); the static form keeps the
+fixed grid (identical for images of the grid's aspect). The paper variant is defined on one square patch grid
+and refuses AnyRes crops.
 
 Crops by default: 16 on CLS towers (the official LLaVA code); on towers without CLS (Qwen2.5-VL) the official
 Qwen code's max(1, int((1024/576) * N / keep)) chunks of the merged tokens (obananas/HoloV@dee615c
@@ -59,20 +60,6 @@ def crop_layout(num_tokens: int, crops: int) -> list[list[int]]:
             layout.append(list(range(start, start + length)))
         start += length
     return layout
-
-
-def anyres_sequence(geometry: Geometry) -> tuple[Tensor, Tensor]:
-    """HoloV's LLaVA-NeXT sequence, the base crop's patches then the tiles' in full-grid raster order: for each
-    sequence position the flat index crop * N + patch into the crops' patches, and its token_index."""
-    g, cols, n = geometry.grid, geometry.tile_cols, geometry.num_patches
-    order, token_index = list(range(n)), [p + 1 for p in range(n)]
-    for row in range(geometry.tile_rows * g):
-        for col in range(cols * g):
-            crop = 1 + (row // g) * cols + col // g
-            patch = (row % g) * g + col % g
-            order.append(crop * n + patch)
-            token_index.append(crop * (n + 1) + patch + 1)
-    return torch.tensor(order), torch.tensor(token_index)
 
 
 def spatial_crop_layout(rows: int, cols: int, side: int) -> list[list[int]]:

@@ -56,6 +56,8 @@ class VisionLanguageModel:
     canonical_repo: ClassVar[str | None] = None  # looked up offline in the HF cache without --weights
     # The CLIP model whose text side text-conditioned methods use (looked up offline like canonical_repo).
     canonical_clip_repo: ClassVar[str | None] = None
+    # Checkpoint tensors the runtime reads (LLaVA-NeXT's image_newline for layout="hf"): the keys it may have.
+    image_newline_keys: ClassVar[tuple[str, ...]] = ()
     random_only: ClassVar[bool] = False  # toy sizes for tests: only seeded random weights exist
     options: ClassVar[tuple[ModelOption, ...]] = ()
 

@@ -40,6 +40,7 @@ class LlavaNext(Llava15):
     model_type = "llava_next"
     canonical_repo = "llava-hf/llava-v1.6-vicuna-7b-hf"
     hf_class = "LlavaNextForConditionalGeneration"
+    image_newline_keys = ("image_newline", "model.image_newline")
     options = (ModelOption("grid", "the AnyRes tile grid RxC, fixed at export; R*S x C*S must be one of the "
                                    "checkpoint's image_grid_pinpoints", "2x2"),)
 

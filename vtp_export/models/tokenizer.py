@@ -1,6 +1,7 @@
 """Tokenizers: the checkpoint's own where it has one; for random-weight models, a byte-level stand-in
 with the same special-token layout (the text is noise then, but every id path runs)."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +52,11 @@ def stand_in_clip_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
                                    bos_token=CLIP_BOS, eos_token=CLIP_EOS, pad_token=CLIP_EOS)
 
 
-def load_tokenizer(folder: Path | None, stand_in) -> PreTrainedTokenizerBase:
+def load_tokenizer(folder: Path | None, stand_in: Callable[[], PreTrainedTokenizerBase] | None = None
+                   ) -> PreTrainedTokenizerBase:
     """The folder's tokenizer, or the stand-in where the model has random weights (folder None)."""
     if folder is None:
+        assert stand_in is not None
         return stand_in()
     try:
         return AutoTokenizer.from_pretrained(folder)

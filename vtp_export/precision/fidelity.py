@@ -22,19 +22,21 @@ from vtp_export.onnx.names import IMAGE_EMBEDS, TEXT_EMBEDS, TOKEN_INDEX
 from vtp_export.precision.agreement import matched_rows, set_overlap
 from vtp_export.onnx.sessions import session_options
 from vtp_export.onnx.inputs import Arrays
+from vtp_export.records.graph import Fidelity, FidelityTarget
 
 # fp16 / bf16 graphs keep the score path float32, so token choices should not flip (issue 13); int8 and fp8
 # have no target: their figures are reported.
 FIDELITY_TARGETS = {
-    "fp16": {"token_overlap_min": 0.98, "embeds_cosine_min": 0.999},
-    "bf16": {"token_overlap_min": 0.98, "embeds_cosine_min": 0.999},
+    "fp16": FidelityTarget(token_overlap_min=0.98, embeds_cosine_min=0.999),
+    "bf16": FidelityTarget(token_overlap_min=0.98, embeds_cosine_min=0.999),
 }
 
 
-def fidelity(reference: list[Arrays], outputs: list[Arrays]) -> dict:
+def fidelity(reference: list[Arrays], outputs: list[Arrays], precision: str, backend: str) -> Fidelity:
     """Per image: the share of the reference's real kept tokens (token_index >= 0) that `outputs` kept too,
     |A ∩ B| / |A|, and the cosine of image_embeds on the tokens both kept (matched by source token); for a
-    graph without token_index (text.onnx) the cosine of text_embeds rows."""
+    graph without token_index (text.onnx) the cosine of text_embeds rows. `outputs` are of a `precision` graph
+    computed by `backend`; for fp16 / bf16, whether they meet FIDELITY_TARGETS."""
     overlaps, cosines = [], []
     for want, got in zip(reference, outputs):
         if TOKEN_INDEX in want:
@@ -44,23 +46,24 @@ def fidelity(reference: list[Arrays], outputs: list[Arrays]) -> dict:
         else:
             have, expected = got[TEXT_EMBEDS], want[TEXT_EMBEDS]
         cosines += row_cosines(have, expected).tolist()
-    record = {"samples": len(reference), "images": len(cosines) if not overlaps else len(overlaps)}
-    if overlaps:
-        record |= {"token_overlap_min": min(overlaps), "token_overlap_mean": float(np.mean(overlaps))}
-    record |= {"embeds_cosine_min": min(cosines, default=1.0), "embeds_cosine_mean": float(np.mean(cosines or [1.0]))}
-    return record
-
-
-def measure_fidelity(path: Path, precision: str, inputs: list[Arrays], reference: list[Arrays]) -> dict:
-    """fidelity() of the graph at `path` on `inputs` against `reference` (the fp32 module's outputs), with the
-    backend that computed it and, for fp16 / bf16, whether it meets FIDELITY_TARGETS."""
-    outputs, backend = graph_outputs(path, inputs)
-    record = {"precision": precision, "backend": backend} | fidelity(reference, outputs)
+    overlap_min = min(overlaps) if overlaps else None
+    cosine_min = min(cosines, default=1.0)
     target = FIDELITY_TARGETS.get(precision)
-    if target is not None:
-        record["target"] = target
-        record["meets_target"] = all(record.get(key, 1.0) >= bound for key, bound in target.items())
-    return record
+    meets = None if target is None else (
+        (overlap_min is None or overlap_min >= target.token_overlap_min) and cosine_min >= target.embeds_cosine_min)
+    return Fidelity(
+        precision=precision, backend=backend, samples=len(reference),
+        images=len(cosines) if not overlaps else len(overlaps), token_overlap_min=overlap_min,
+        token_overlap_mean=float(np.mean(overlaps)) if overlaps else None, embeds_cosine_min=cosine_min,
+        embeds_cosine_mean=float(np.mean(cosines or [1.0])), target=target, meets_target=meets,
+    )
+
+
+def measure_fidelity(path: Path, precision: str, inputs: list[Arrays], reference: list[Arrays]) -> Fidelity:
+    """fidelity() of the graph at `path` on `inputs` against `reference` (the fp32 module's outputs), with the
+    backend that computed it."""
+    outputs, backend = graph_outputs(path, inputs)
+    return fidelity(reference, outputs, precision, backend)
 
 
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

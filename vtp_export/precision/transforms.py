@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 
 from vtp_export.errors import PrecisionError, UsageError
+from vtp_export.records.graph import FlagPrecision, GraphPrecision, LoweredGraph, QuantizedGraph
 from vtp_export.util.quiet import quiet
 from vtp_export.targets import Target
 
@@ -90,20 +91,22 @@ def graph_precision(path: Path) -> str:
 
 
 def apply_precision(path: Path, precision: str, target: Target, keep_float32: list[str],
-                    calibration_feeds: list[dict[str, np.ndarray]] | None = None) -> dict:
-    """Rewrite the fp32 graph at `path` in place to `precision` for `target`; the record for config.json.
+                    calibration_feeds: list[dict[str, np.ndarray]] | None = None) -> GraphPrecision | None:
+    """Rewrite the fp32 graph at `path` in place to `precision` for `target`; the record for config.json (None
+    for fp32: nothing to do).
 
     keep_float32: float32_nodes(path) of the fp32 graph. calibration_feeds: int8 / fp8 only.
     """
     engine_precision(target, precision)
     if precision == "fp32":
-        return {"precision": "fp32"}
+        return None
     if not target.strongly_typed:
         if precision in QUANTIZED_PRECISIONS:
             raise UsageError(f"{precision} for TensorRT {target.tensorrt_range} needs a Q/DQ graph at opset "
                              f"{target.max_opset} or lower; ModelOpt writes opset {QDQ_MIN_OPSET}")
-        return {"precision": precision, "graph": "fp32", "engine": f"weakly typed TensorRT {target.tensorrt_range}: "
-                "precision from builder flags, float32_nodes pinned per layer"}
+        return FlagPrecision(precision=precision, graph="fp32",
+                             engine=f"weakly typed TensorRT {target.tensorrt_range}: precision from builder flags, "
+                             "float32_nodes pinned per layer")
     if precision in LOW_PRECISIONS:
         return lower_precision(path, precision, keep_float32)
     if not calibration_feeds:
@@ -111,7 +114,7 @@ def apply_precision(path: Path, precision: str, target: Target, keep_float32: li
     return quantize(path, precision, calibration_feeds, keep_float32)
 
 
-def lower_precision(path: Path, precision: str, keep_float32: list[str]) -> dict:
+def lower_precision(path: Path, precision: str, keep_float32: list[str]) -> LoweredGraph:
     """The graph at `path` (external data beside it) rewritten in place with ModelOpt AutoCast: weights and
     activations in `precision` (fp16 or bf16), the nodes named in `keep_float32` float32 behind Casts, graph
     inputs and outputs unchanged. The graph's opset is kept (bf16 Conv needs opset 22, above TensorRT 10.x's
@@ -156,19 +159,19 @@ def lower_precision(path: Path, precision: str, keep_float32: list[str]) -> dict
     # other batch sizes contradict; runtimes infer them again.
     del model.graph.value_info[:]
     save_streamed(model, path, conversions)
-    return {
-        "precision": precision,
-        "tool": f"nvidia-modelopt {metadata.version('nvidia-modelopt')} ONNX AutoCast",
-        "float32_nodes": sum(name in nodes for name in keep_float32),
-        "casts": sum(n.op_type == "Cast" for n in model.graph.node),
-        "opset": opset,
-        "graph_bytes": {"fp32": before, precision: graph_bytes(path)},
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+    return LoweredGraph(
+        precision=precision,
+        tool=f"nvidia-modelopt {metadata.version('nvidia-modelopt')} ONNX AutoCast",
+        float32_nodes=sum(name in nodes for name in keep_float32),
+        casts=sum(n.op_type == "Cast" for n in model.graph.node),
+        opset=opset,
+        graph_bytes={"fp32": before, precision: graph_bytes(path)},
+        seconds=round(time.perf_counter() - start, 2),
+    )
 
 
 def quantize(path: Path, precision: str, calibration_feeds: list[dict[str, np.ndarray]], exclude_nodes: list[str],
-             remainder: str = QUANTIZED_REMAINDER) -> dict:
+             remainder: str = QUANTIZED_REMAINDER) -> QuantizedGraph:
     """The fp32 graph at `path` rewritten in place with ModelOpt's ONNX post-training quantization: Q/DQ
     nodes of `precision` (int8 or fp8) calibrated on `calibration_feeds` (graph inputs by name, one dict a
     batch), the nodes named in `exclude_nodes` left unquantized; then the unquantized rest is lowered to
@@ -209,20 +212,19 @@ def quantize(path: Path, precision: str, calibration_feeds: list[dict[str, np.nd
     pairs = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
     save_in_place(model, path)
     del model
-    record = {
-        "precision": precision,
-        "tool": f"nvidia-modelopt {metadata.version('nvidia-modelopt')} ONNX PTQ",
-        "quantized_tensors": pairs,
-        "calibration_batches": len(calibration_feeds),
-        "calibration_images": int(next(iter(calibration.values())).shape[0]),
-        "excluded_nodes": len(exclude_nodes),
-        "opset": opset_of(path),
-        "seconds": round(time.perf_counter() - start, 2),
-    }
-    if remainder != "fp32":
-        record["remainder"] = lower_precision(path, remainder, exclude_nodes)
-    record["graph_bytes"] = {"fp32": before, precision: graph_bytes(path)}
-    return record
+    opset, seconds = opset_of(path), round(time.perf_counter() - start, 2)
+    return QuantizedGraph(
+        precision=precision,
+        tool=f"nvidia-modelopt {metadata.version('nvidia-modelopt')} ONNX PTQ",
+        quantized_tensors=pairs,
+        calibration_batches=len(calibration_feeds),
+        calibration_images=int(next(iter(calibration.values())).shape[0]),
+        excluded_nodes=len(exclude_nodes),
+        opset=opset,
+        seconds=seconds,
+        remainder=None if remainder == "fp32" else lower_precision(path, remainder, exclude_nodes),
+        graph_bytes={"fp32": before, precision: graph_bytes(path)},
+    )
 
 
 def exact_names(names: list[str]) -> list[str]:

@@ -20,11 +20,21 @@ from vtp_export.util.files import current_umask
 from vtp_export.contract import RandomWeights, WeightsFolder, WeightsSource, weights_from_record
 
 
+ABSENT_IF_NONE = "vtp_export.absent_if_none"
+
+
+def optional_key() -> Any:
+    """A record field whose key is left out of the JSON when its value is None (rather than written null): for
+    keys that only some records of a kind have."""
+    return dataclasses.field(default=None, metadata={ABSENT_IF_NONE: True})
+
+
 def encode(value: Any) -> Any:
     if isinstance(value, (RandomWeights, WeightsFolder)):
         return value.as_record()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not (f.metadata.get(ABSENT_IF_NONE) and getattr(value, f.name) is None)}
     if isinstance(value, dict):
         return {str(k): encode(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from vtp_export.errors import RecordError
+from vtp_export.models.base import VisionLanguageModel
 from vtp_export.onnx.signature import load_graph, value_signature
 from vtp_export.onnx.names import CONFIG_JSON, TOKEN_INDEX
 from vtp_export.contract import Geometry
 from vtp_export.targets import Target
 from vtp_export.contract import WeightsSource
-from vtp_export.records.codec import load_json, parse_record, sha256
+from vtp_export.records.codec import encode, load_json, parse_record, sha256, write_json
+from vtp_export.records.graph import GraphPrecision, LintResult, ParserCheck
 
 
-EXPORT_SCHEMA = "vtp-export.export/2"
+EXPORT_SCHEMA = "vtp-export.export/3"  # 3: the runtime's files travel in the folder (runtime_files)
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,10 @@ class GraphRecord:
     nodes: int
     dynamic_batch: bool
     verification: Verification | None = None
-    lint: dict[str, Any] | None = None
-    float32_nodes: list[str] = field(default_factory=list)
-    tensorrt_parser: dict[str, Any] | None = None
-    precision: dict[str, Any] | None = None  # how the verified fp32 graph was lowered or quantized, and its fidelity
+    lint: LintResult | None = None
+    float32_nodes: list[str] = field(default_factory=list)  # pinned to float32 by a weakly typed build's recipe
+    tensorrt_parser: ParserCheck | None = None
+    precision: GraphPrecision | None = None  # how the verified fp32 graph was lowered or quantized, and its fidelity
 
     def input(self, name: str) -> TensorSpec:
         return next(spec for spec in self.inputs if spec.name == name)
@@ -120,6 +123,21 @@ class LlmFile:
     format: str = "gguf"
 
 
+# What the runtime reads of the checkpoint, copied into the export folder so that the folder runs on its own:
+# the model's config.json and tokenizer (RUNTIME_FOLDER), LLaVA-NeXT's image_newline, CLIP's tokenizer.
+RUNTIME_FOLDER = "model"
+IMAGE_NEWLINE_FILE = "model/image_newline.npy"
+CLIP_TOKENIZER_FOLDER = "clip-tokenizer"
+
+
+@dataclass(frozen=True)
+class RuntimeFile:
+    """A file the runtime reads, by its path relative to the export folder."""
+
+    file: str
+    sha256: str
+
+
 @dataclass
 class ExportRecord:
     """config.json of an export folder."""
@@ -136,12 +154,14 @@ class ExportRecord:
     graphs: dict[str, GraphRecord]  # role ("vision", "text") -> graph
     versions: dict[str, str]
     timings: dict[str, float]
+    runtime_files: list[RuntimeFile]
     device_build: DeviceBuild | None = None
     llm: LlmFile | None = None
 
     def files(self) -> list[str]:
         """Every file the export wrote besides config.json."""
         names = [name for graph in self.graphs.values() for name in graph.files()]
+        names += [entry.file for entry in self.runtime_files]
         if self.device_build is not None:
             names.append(self.device_build.script)
         if self.llm is not None:
@@ -165,21 +185,44 @@ def read_export(folder: Path, verify: bool = True) -> ExportRecord:
     return record
 
 
+def update_export(folder: Path, sections: dict[tuple[str, ...], Any]) -> ExportRecord:
+    """Replace the sections of folder's config.json that one writer owns (a key path each: ("llm",),
+    ("graphs", "vision", "float32_nodes")) and keep every other key as the file has it; the file is rewritten
+    atomically, and only if it is an export record before and after. Returns the updated record."""
+    path = folder / CONFIG_JSON
+    what = "vtp-export export folder"
+    data = load_json(path, what)
+    parse_record(ExportRecord, data, path, EXPORT_SCHEMA, what)
+    names = {f.name for f in fields(ExportRecord)}
+    for keys, value in sections.items():
+        if keys[0] not in names:
+            raise ValueError(f"{keys[0]!r} is not a section of an export record")
+        parent = data
+        for key in keys[:-1]:
+            parent = parent[key]
+        parent[keys[-1]] = encode(value)
+    record = parse_record(ExportRecord, data, path, EXPORT_SCHEMA, what)
+    write_json(path, data)
+    return record
+
+
 def verify_export(folder: Path, record: ExportRecord) -> None:
     for name in record.files():
         path = folder / name
         if not path.is_file():
             raise RecordError(f"{folder} lacks {name}, which its config.json lists: the export is incomplete")
+    recorded = {entry.file: entry.sha256 for entry in record.runtime_files}
     for graph in record.graphs.values():
-        recorded = {graph.file: graph.sha256} | graph.external_data
-        for name, digest in recorded.items():
-            try:
-                actual = sha256(folder / name)
-            except OSError as error:
-                raise RecordError(f"cannot read {folder / name}: {error.strerror}") from None
-            if actual != digest:
-                raise RecordError(f"{folder / name} does not match the sha256 its config.json records: the file was "
-                                  "changed or replaced after export; export again")
+        recorded |= {graph.file: graph.sha256} | graph.external_data
+    for name, digest in recorded.items():
+        try:
+            actual = sha256(folder / name)
+        except OSError as error:
+            raise RecordError(f"cannot read {folder / name}: {error.strerror}") from None
+        if actual != digest:
+            raise RecordError(f"{folder / name} does not match the sha256 its config.json records: the file was "
+                              "changed or replaced after export; export again")
+    for graph in record.graphs.values():
         inputs, outputs = graph_io(folder / graph.file)
         if inputs != graph.inputs or outputs != graph.outputs:
             raise RecordError(f"{folder / graph.file}: its inputs/outputs are not the ones config.json records")
@@ -196,3 +239,12 @@ def graph_io(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     graph = load_graph(path).graph
     return ([TensorSpec(**value_signature(v)) for v in graph.input],
             [TensorSpec(**value_signature(v)) for v in graph.output])
+
+
+def runtime_config(folder: Path, model: VisionLanguageModel) -> Any:
+    """The model's HF config as the export folder carries it (its sha256 checked by read_export)."""
+    path = folder / RUNTIME_FOLDER / CONFIG_JSON
+    try:
+        return model.config_from_dict(json.loads(path.read_text()))
+    except Exception as error:  # transformers raises many types for malformed configs
+        raise RecordError(f"{path} is not a valid {model.name} config: {str(error).splitlines()[0][:200]}") from None

@@ -42,7 +42,7 @@ def check_writable(out: Path, replace: bool = False, own_files: OwnFiles = expor
     if not out.is_dir():
         raise OutputFolderError(f"{out} exists and is a file: choose another --out")
     try:
-        present = sorted(entry.name for entry in out.iterdir())
+        present = sorted(out.iterdir())
     except PermissionError:
         raise OutputFolderError(f"cannot read {out}: permission denied") from None
     if not present:
@@ -50,7 +50,13 @@ def check_writable(out: Path, replace: bool = False, own_files: OwnFiles = expor
     ours = own_files(out)
     if ours is None:
         raise OutputFolderError(f"{out} exists and was not written by vtp-export: choose another --out")
-    extra = [name for name in present if name not in ours]
+    extra = []
+    for entry in present:
+        if entry.is_dir() and any(name.startswith(f"{entry.name}/") for name in ours):  # a folder of ours: its files
+            extra += [name for path in sorted(entry.rglob("*")) if path.is_file()
+                      if (name := path.relative_to(out).as_posix()) not in ours]
+        elif entry.name not in ours:
+            extra.append(entry.name)
     if extra and not replace:
         shown = ", ".join(extra[:4]) + (f" and {len(extra) - 4} more" if len(extra) > 4 else "")
         raise OutputFolderError(f"{out} holds what vtp-export did not write there ({shown}): replacing it would "

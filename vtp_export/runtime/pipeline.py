@@ -17,16 +17,16 @@ from typing import Any
 import numpy as np
 
 from vtp_export.errors import PipelineError, VtpError
-from vtp_export.onnx.names import IMAGE_EMBEDS, INPUT_IDS, NUM_VALID, PIXEL_VALUES, TEXT_EMBEDS, TOKEN_INDEX
 from vtp_export.models import MODELS
-from vtp_export.records.export import ExportRecord, read_export
+from vtp_export.models.tokenizer import clip_input_ids, load_tokenizer
+from vtp_export.onnx.names import IMAGE_EMBEDS, INPUT_IDS, NUM_VALID, PIXEL_VALUES, TEXT_EMBEDS, TOKEN_INDEX
+from vtp_export.records.export import (
+    CLIP_TOKENIZER_FOLDER, IMAGE_NEWLINE_FILE, ExportRecord, read_export, runtime_config,
+)
 from vtp_export.runtime.backends import VisionBackend, open_backend
 from vtp_export.util.images import ImageInput, load_image
 from vtp_export.runtime.llm.protocol import POSITION_POLICIES, LanguageModelBackend, LlmRequest, Segment
 from vtp_export.runtime.llm.backends import DEFAULT_LLM_BACKEND, LLM_BACKENDS, LlmBackend, llm_backend
-from vtp_export.models.tokenizer import clip_input_ids, load_tokenizer, stand_in_clip_tokenizer
-from vtp_export.checkpoint.locate import read_model_config, read_tensor
-from vtp_export.contract import WeightsFolder
 
 IMAGE_SIZES = "image_sizes"  # (height, width) of each original image, beside the vision graph's outputs
 
@@ -82,7 +82,7 @@ class Pipeline:
         try:
             record = read_export(folder)
             model = MODELS.get(record.model.name)
-            config = read_model_config(model, record.model.weights)
+            config = runtime_config(folder, model)
         except VtpError as error:
             raise PipelineError(str(error)) from None
         policy = position_ids or model.default_position_ids
@@ -93,11 +93,7 @@ class Pipeline:
         newline = hf_layout_newline(folder, record, layout)
         language_model = llm if not isinstance(llm, (str, Path, type(None))) else \
             declared.open(LlmRequest(folder, record, config, llm, llm_layers, device, dtype))
-        clip_tokenizer = None
-        if record.method.text_conditioned:
-            text_weights = record.model.text_weights
-            clip_tokenizer = load_tokenizer(text_weights.path if isinstance(text_weights, WeightsFolder) else None,
-                                            lambda: stand_in_clip_tokenizer(record.model.text_vocab_size))
+        clip_tokenizer = load_tokenizer(folder / CLIP_TOKENIZER_FOLDER) if record.method.text_conditioned else None
         vision = open_backend(folder, record, backend)
         return cls(folder, record, config, vision, language_model, clip_tokenizer, policy, newline)
 
@@ -226,7 +222,8 @@ class Pipeline:
 
 
 def hf_layout_newline(folder: Path, record: ExportRecord, layout: str) -> np.ndarray | None:
-    """The image_newline of the export's checkpoint where layout="hf" (checked to be possible), else None."""
+    """The checkpoint's image_newline, as the export folder carries it, where layout="hf" (checked to be
+    possible), else None."""
     if layout not in LAYOUTS:
         raise PipelineError(f"layout={layout!r} is not one of {', '.join(LAYOUTS)}")
     if layout == "static":
@@ -234,12 +231,9 @@ def hf_layout_newline(folder: Path, record: ExportRecord, layout: str) -> np.nda
     if record.model.geometry.crops == 1 or record.method.name != "none":
         raise PipelineError("layout='hf' lays out the unpruned tokens of an AnyRes model (llava-next, method none); "
                             f"this export is {record.model.name} with {record.method.name}")
-    if not isinstance(record.model.weights, WeightsFolder):
+    if IMAGE_NEWLINE_FILE not in {entry.file for entry in record.runtime_files}:
         raise PipelineError("layout='hf' needs the checkpoint's image_newline; this export has random weights")
-    try:
-        return read_tensor(record.model.weights.path, ("image_newline", "model.image_newline"))
-    except VtpError as error:
-        raise PipelineError(str(error)) from None
+    return np.load(folder / IMAGE_NEWLINE_FILE)
 
 
 def llm_backend_for(name: str, llm: str | Path | LanguageModelBackend | None) -> LlmBackend | None:

@@ -6,8 +6,11 @@ pruning + projector), pruning_stage (the method alone on precomputed features; P
 prefill (the LLM's time to first token from the embeddings), decode (per generated token).
 """
 
+from __future__ import annotations
+
 import csv
 import dataclasses
+import importlib.util
 import os
 import platform
 import resource
@@ -17,26 +20,27 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from vtp_export import __version__
+from vtp_export.contract import WeightsFolder
 from vtp_export.trt.device import this_device
 from vtp_export.errors import UsageError
-from vtp_export.export.job import export
-from vtp_export.export.plan import ExportRequest, plan_export
 from vtp_export.onnx.names import PIXEL_VALUES, PRODUCER, TEXT_EMBEDS
-from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
 from vtp_export.onnx.sessions import cpu_threads
 from vtp_export.records.folder import staged_folder
-from vtp_export.records.profile import LlmInfo, MachineLoad, PROFILE_SCHEMA, Profile, ProfileReport, ProfiledExport, StageStats, TokenCounts, read_report
+from vtp_export.records.profile import (
+    JetsonState, LlmInfo, MachineGpu, MachineLoad, MachineRecord, MemoryUse, PROFILE_SCHEMA, Profile, ProfileReport,
+    ProfiledExport, StageStats, SummaryRow, TokenCounts, read_report,
+)
 from vtp_export.records.codec import write_json
 from vtp_export.runtime.llm.backends import DEFAULT_LLM_BACKEND
 from vtp_export.runtime.pipeline import Pipeline
-from vtp_export.runtime.torch_backend import TorchBackend
 
 QUESTION = "Describe the scene in detail, including every object, its position and its colour."
 STAGES = ("preprocess", "text_graph", "vision_graph", "pruning_stage", "prefill", "decode_per_token")
@@ -44,7 +48,8 @@ REPORT_FILES = ("report.json", "stages.csv", "latency_vs_keep.png", "stage_break
 # Another process's load above this many cores, or this much steal, marks the timings as taken on a busy machine.
 BUSY_LOAD, BUSY_STEAL_PERCENT = 0.5, 5.0
 
-Progress = Callable[[str], None]
+if TYPE_CHECKING:
+    from vtp_export.export.plan import ExportRequest, Progress
 
 
 def summary(seconds: list[float]) -> StageStats:
@@ -92,28 +97,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def device_record() -> dict:
+def device_record() -> MachineRecord:
     """The machine a report was measured on: CPU, GPU, versions, and on a Jetson its power mode and clocks."""
     import onnxruntime
     import transformers
 
-    record = {
-        "cpu": cpu_model(), "cpu_threads_used": cpu_threads(), "cpu_count": os.cpu_count(),
-        "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-        "versions": {"vtp_export": __version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-                     "transformers": transformers.__version__},
-        "gpu": None,
-    }
+    versions = {"vtp_export": __version__, "torch": package_version("torch"), "onnxruntime": onnxruntime.__version__,
+                "transformers": transformers.__version__}
     device = this_device()
     if device.tensorrt is not None:
-        record["versions"]["tensorrt"] = device.tensorrt
+        versions["tensorrt"] = device.tensorrt
+    gpu = jetson = None
     if device.sm is not None:
-        record["gpu"] = {"name": device.gpu_name, "sm": device.sm,
-                         "driver": command_output(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])}
+        gpu = MachineGpu(name=device.gpu_name, sm=device.sm, driver=command_output(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]))
     if device.jetpack is not None:
-        record["jetson"] = {"jetpack": device.jetpack, "nvpmodel": command_output(["nvpmodel", "-q"]),
-                            "jetson_clocks": command_output(["jetson_clocks", "--show"])}
-    return record
+        jetson = JetsonState(jetpack=device.jetpack, nvpmodel=command_output(["nvpmodel", "-q"]),
+                             jetson_clocks=command_output(["jetson_clocks", "--show"]))
+    return MachineRecord(cpu=cpu_model(), cpu_threads_used=cpu_threads(), cpu_count=os.cpu_count(),
+                         os=f"{platform.system()} {platform.release()}", python=platform.python_version(),
+                         versions=versions, gpu=gpu, jetson=jetson)
 
 
 def cpu_times() -> tuple[int, int] | None:
@@ -168,14 +171,22 @@ def profile_export(folder: Path, runs: int = 10, warmup: int = 2, duration_s: fl
                                sum(len(s) for s in segments), new_tokens),
             llm=LlmInfo(pipe.llm.source, pipe.llm.num_layers, pipe.llm.hidden_size),
             stages={name: summary(times) for name, times in stages.items() if times},
-            memory={"peak_host_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)},
+            memory=MemoryUse(peak_host_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)),
             load=machine_load(before, cpu_threads()),
         )
 
 
 def pruning_stage_times(pipe: Pipeline, feeds: dict, warmup: int, runs: int, duration_s: float | None) -> list[float]:
     """The method alone (what it computes beyond the tower's feature layer, selection, merging, projector) on
-    the feature layer's outputs, in PyTorch."""
+    the feature layer's outputs, in PyTorch; not timed (empty) where PyTorch or the export's weights (its
+    checkpoint, or its random seed) are not here, as on a device."""
+    weights = pipe.record.model.weights
+    if importlib.util.find_spec("torch") is None or (isinstance(weights, WeightsFolder) and not weights.path.is_dir()):
+        return []
+    import torch
+
+    from vtp_export.runtime.torch_backend import TorchBackend
+
     reference = TorchBackend(pipe.folder, pipe.record)
     graph = reference.modules["vision"]
     text = torch.from_numpy(feeds[TEXT_EMBEDS]) if TEXT_EMBEDS in feeds else None
@@ -193,6 +204,8 @@ def pruning_stage_times(pipe: Pipeline, feeds: dict, warmup: int, runs: int, dur
 
 def parse_methods(text: str) -> list[tuple[str, dict[str, str]]]:
     """'holov,holov:variant=paper' -> [("holov", {}), ("holov", {"variant": "paper"})], every name checked."""
+    from vtp_export.methods import METHODS
+
     methods = []
     for item in filter(None, text.split(",")):
         name, *options = item.split(":")
@@ -220,6 +233,8 @@ def sweep_plan(model: str, methods: list[tuple[str, dict[str, str]]], keeps: lis
                **export_args) -> list[ExportRequest]:
     """The exports of a sweep, each validated before the first runs; a keep of N (or more) is the unpruned
     model, profiled once as `none`."""
+    from vtp_export.export.plan import ExportRequest, plan_export
+
     adapter = MODELS.get(model)
     total = None
     requests = []
@@ -242,6 +257,8 @@ def sweep_plan(model: str, methods: list[tuple[str, dict[str, str]]], keeps: lis
 
 def sweep(requests: list[ExportRequest], progress: Progress, **timing) -> list[Profile]:
     """Export each request to a scratch folder, profile it, delete it."""
+    from vtp_export.export.job import export
+
     profiles = []
     with tempfile.TemporaryDirectory(prefix="vtp-profile-") as scratch:
         for i, request in enumerate(requests):
@@ -259,27 +276,26 @@ def ideal_ratio(visual: int, prompt: int, full_visual: int) -> float:
     return prompt / (prompt - visual + full_visual)
 
 
-def sweep_summary(profiles: list[Profile]) -> list[dict]:
+def sweep_summary(profiles: list[Profile]) -> list[SummaryRow]:
     """One row per export: TTFT (prefill, and prefill plus any extra cost of the pruning stage) as a ratio to
     the unpruned export of the same model, next to the ideal ratio of the token counts."""
     full = next((p for p in profiles if p.export.method == "none"), None)
     rows = []
     for p in profiles:
-        prefill = p.stages["prefill"]
-        row = {"label": p.export.label, "method": p.export.method, "keep": p.export.keep,
-               "visual_tokens": p.tokens.visual, "prompt_tokens": p.tokens.prompt,
-               "vision_graph_ms": p.stages["vision_graph"].p50_ms, "pruning_stage_ms": p.stages["pruning_stage"].p50_ms,
-               "prefill_ms": prefill.p50_ms, "prefill_p10_p90_ms": [prefill.min_ms, prefill.p90_ms],
-               "prefill_std_ms": prefill.std_ms, "decode_ms_per_token": p.stages["decode_per_token"].p50_ms,
-               "busy_machine": p.load.busy}
+        prefill, pruning = p.stages["prefill"], p.stages["pruning_stage"].p50_ms
+        ratios = {}
         if full is not None:
             full_prefill = full.stages["prefill"].p50_ms
             # what the pruning stage costs beyond the unpruned model's projector (often less: fewer tokens projected)
-            overhead = max(row["pruning_stage_ms"] - full.stages["pruning_stage"].p50_ms, 0.0)
-            row |= {"ttft_ratio": round(prefill.p50_ms / full_prefill, 3),
-                    "ttft_with_overhead_ratio": round((prefill.p50_ms + overhead) / full_prefill, 3),
-                    "ideal_ratio": round(ideal_ratio(p.tokens.visual, p.tokens.prompt, full.tokens.visual), 3)}
-        rows.append(row)
+            overhead = max(pruning - full.stages["pruning_stage"].p50_ms, 0.0)
+            ratios = {"ttft_ratio": round(prefill.p50_ms / full_prefill, 3),
+                      "ttft_with_overhead_ratio": round((prefill.p50_ms + overhead) / full_prefill, 3),
+                      "ideal_ratio": round(ideal_ratio(p.tokens.visual, p.tokens.prompt, full.tokens.visual), 3)}
+        rows.append(SummaryRow(
+            label=p.export.label, method=p.export.method, keep=p.export.keep, visual_tokens=p.tokens.visual,
+            prompt_tokens=p.tokens.prompt, vision_graph_ms=p.stages["vision_graph"].p50_ms, pruning_stage_ms=pruning,
+            prefill_ms=prefill.p50_ms, prefill_p10_p90_ms=[prefill.min_ms, prefill.p90_ms],
+            prefill_std_ms=prefill.std_ms, decode_ms_per_token=p.stages["decode_per_token"].p50_ms, busy_machine=p.load.busy, **ratios))
     return rows
 
 
@@ -318,8 +334,8 @@ def write_report(report: ProfileReport, out: Path, replace: bool = False) -> lis
 
 def plot_title(report: ProfileReport) -> str:
     first = report.profiles[0]
-    gpu = report.device.get("gpu")
-    device = f"{gpu['name']}" if gpu else f"{report.device['cpu']} ({report.device['cpu_threads_used']} threads)"
+    machine = report.device
+    device = f"{machine.gpu.name}" if machine.gpu else f"{machine.cpu} ({machine.cpu_threads_used} threads)"
     return (f"{first.export.model}, LLM {first.llm.layers} layers x {first.llm.width} ({first.export.llm_backend}), "
             f"vision {first.export.backend}\n{device}")
 
@@ -377,16 +393,16 @@ def table(report: ProfileReport) -> str:
     rows = sweep_summary(report.profiles)
     header = (f"{'method':26} {'tokens':>6} {'vision ms':>10} {'pruning ms':>10} {'prefill ms':>10} {'± std':>7} "
               f"{'decode ms/tok':>13}")
-    has_ratio = rows and "ttft_ratio" in rows[0]
+    has_ratio = rows and rows[0].ttft_ratio is not None
     if has_ratio:
         header += f" {'TTFT ratio':>10} {'+overhead':>9} {'ideal':>6}"
     lines = [header]
     for row in rows:
-        line = (f"{row['label']:26} {row['visual_tokens']:>6} {row['vision_graph_ms']:>10.1f} "
-                f"{row['pruning_stage_ms']:>10.2f} {row['prefill_ms']:>10.1f} {row['prefill_std_ms']:>7.1f} "
-                f"{row['decode_ms_per_token']:>13.2f}")
+        line = (f"{row.label:26} {row.visual_tokens:>6} {row.vision_graph_ms:>10.1f} "
+                f"{row.pruning_stage_ms:>10.2f} {row.prefill_ms:>10.1f} {row.prefill_std_ms:>7.1f} "
+                f"{row.decode_ms_per_token:>13.2f}")
         if has_ratio:
-            line += f" {row['ttft_ratio']:>10.3f} {row['ttft_with_overhead_ratio']:>9.3f} {row['ideal_ratio']:>6.3f}"
+            line += f" {row.ttft_ratio:>10.3f} {row.ttft_with_overhead_ratio:>9.3f} {row.ideal_ratio:>6.3f}"
         lines.append(line)
     busy = [p for p in report.profiles if p.load.busy]
     if busy:
@@ -417,3 +433,10 @@ def compare(before: ProfileReport, after: ProfileReport) -> str:
 def progress_bar(done: int, total: int, label: str, width: int = 24) -> str:
     filled = int(width * done / total) if total else width
     return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label}"
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None

@@ -28,8 +28,8 @@ from vtp_export.onnx.names import (
 from vtp_export.util.interrupts import deferred_interrupt
 from vtp_export.records.folder import staged_folder
 from vtp_export.precision.transforms import engine_precision, float32_nodes, graph_precision
-from vtp_export.records.export import DeviceBuild, ExportRecord, GraphRecord, read_export
-from vtp_export.records.engine import ENGINE_SCHEMA, EngineFile, EngineRecord, GpuRecord
+from vtp_export.records.export import DeviceBuild, ExportRecord, GraphRecord, read_export, update_export
+from vtp_export.records.engine import ENGINE_SCHEMA, EngineFile, EngineFlags, EngineRecord, GpuRecord, Parity
 from vtp_export.records.codec import sha256, write_json
 from vtp_export.trt.recipe import BUILD_SCRIPT, TIMING_CACHE, engine_name, write_build_script
 from vtp_export.targets import TARGETS, Target
@@ -84,7 +84,7 @@ def build(folder: Path, out: Path | None = None, precision: str | None = None, d
             raise UsageError(f"--out names where engines go, and none are built here ({reason}); the recipe is "
                              f"{folder / BUILD_SCRIPT}")
         if precision != record.device_build.precision:
-            rewrite_recipe(folder, record, target, graphs, precision)
+            rewrite_recipe(folder, target, graphs, precision)
         return BuildOutcome(None, f"{reason}: engines are built on the device; copy {folder} to the "
                                   f"{target.summary} and run there: bash {BUILD_SCRIPT} ({precision})")
 
@@ -135,19 +135,17 @@ def engine_files(folder: Path) -> list[str] | None:
         return None
 
 
-def rewrite_recipe(folder: Path, record: ExportRecord, target: Target, graphs: dict[str, GraphRecord],
-                   precision: str) -> None:
+def rewrite_recipe(folder: Path, target: Target, graphs: dict[str, GraphRecord], precision: str) -> None:
     """The device script and config.json for another precision, each replaced atomically: the record always
-    says what the script builds."""
+    says what the script builds. The build's section of config.json: device_build and each graph's
+    float32_nodes (what the script pins)."""
     scratch = folder / f".{BUILD_SCRIPT}.partial"
     scratch.mkdir(exist_ok=True)
     try:
         commands = write_build_script(scratch, target, graphs.values(), precision)
-        updated = dataclasses.replace(record, graphs=record.graphs | {
-            role: dataclasses.replace(record.graphs[role], float32_nodes=graph.float32_nodes)
-            for role, graph in graphs.items()}, device_build=DeviceBuild(BUILD_SCRIPT, precision, commands))
         (scratch / BUILD_SCRIPT).replace(folder / BUILD_SCRIPT)
-        write_json(folder / CONFIG_JSON, updated)
+        update_export(folder, {("device_build",): DeviceBuild(BUILD_SCRIPT, precision, commands)} | {
+            ("graphs", role, "float32_nodes"): graph.float32_nodes for role, graph in graphs.items()})
     finally:
         for leftover in scratch.iterdir():
             leftover.unlink()
@@ -211,10 +209,10 @@ def build_engine(trt: ModuleType, onnx_path: Path, engine_path: Path, target: Ta
     return EngineFile(
         file=engine_path.name, sha256=sha256(engine_path), bytes=size, onnx_sha256=graph.sha256,
         build_s=round(time.perf_counter() - start, 1), layers=network.num_layers, float32_layers=pinned,
-        flags={"precision": precision, "strongly_typed": strongly_typed, "workspace_mib": target.workspace_mib,
-               "dynamic_batch": graph.dynamic_batch,
-               "max_batch": MAX_DYNAMIC_BATCH if graph.dynamic_batch else None, "timing_cache": cache_path.name,
-               "monitor_memory": hasattr(trt.BuilderFlag, "MONITOR_MEMORY")},
+        flags=EngineFlags(precision=precision, strongly_typed=strongly_typed, workspace_mib=target.workspace_mib,
+                          dynamic_batch=graph.dynamic_batch,
+                          max_batch=MAX_DYNAMIC_BATCH if graph.dynamic_batch else None, timing_cache=cache_path.name,
+                          monitor_memory=hasattr(trt.BuilderFlag, "MONITOR_MEMORY")),
         activation_memory_bytes=activation,
         within_memory_budget=None if activation is None else size + activation <= target.memory_budget_mib << 20,
     )
@@ -229,7 +227,7 @@ def activation_memory(trt: ModuleType, logger, serialized: bytes) -> int | None:
         return None
 
 
-def compare_engines(folder: Path, engines: Path, record: ExportRecord, samples: int = 3) -> dict:
+def compare_engines(folder: Path, engines: Path, record: ExportRecord, samples: int = 3) -> dict[str, Parity]:
     """onnxruntime (fp32 graph) against each TensorRT engine on seeded random inputs, with Polygraphy."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
@@ -262,7 +260,6 @@ def compare_engines(folder: Path, engines: Path, record: ExportRecord, samples: 
                 have_at, want_at = matched_rows(got[TOKEN_INDEX], want[TOKEN_INDEX])
                 if len(have_at[0]):
                     worst = max(worst, float(np.abs(got[IMAGE_EMBEDS][have_at] - want[IMAGE_EMBEDS][want_at]).max()))
-        results[role] = {"samples": samples, "max_abs_diff": worst, "tolerance": FP16_TOLERANCE}
-        if role == "vision":
-            results[role]["token_index_min_set_overlap"] = overlap
+        results[role] = Parity(samples=samples, max_abs_diff=worst, tolerance=FP16_TOLERANCE,
+                               token_index_min_set_overlap=overlap if role == "vision" else None)
     return results

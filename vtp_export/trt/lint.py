@@ -12,6 +12,7 @@ from onnx import numpy_helper
 
 from vtp_export.errors import TargetConstraintError
 from vtp_export.onnx.export import static_value_shapes
+from vtp_export.records.graph import LintResult
 from vtp_export.targets import BF16_MIN_SM, FP8_MIN_SM, Target
 
 # ONNX ops (default domain) the TensorRT ONNX parser imports, TensorRT 8.5 to 10.x (onnx-tensorrt's
@@ -43,7 +44,7 @@ FP8_TYPES = frozenset({T.FLOAT8E4M3FN, T.FLOAT8E4M3FNUZ, T.FLOAT8E5M2, T.FLOAT8E
 CAST_ONLY_BY_QUANTIZATION = frozenset({T.INT8, T.INT4, T.UINT4, T.FLOAT4E2M1}) | FP8_TYPES
 
 
-def lint_graph(path: Path, target: Target, dynamic_batch: bool = False) -> dict:
+def lint_graph(path: Path, target: Target, dynamic_batch: bool = False) -> LintResult:
     """Raise TargetConstraintError naming the first offending node; return what was checked."""
     model = onnx.load(str(path), load_external_data=False)
     where = f"{path.name} for {target.name}"
@@ -76,7 +77,7 @@ def lint_graph(path: Path, target: Target, dynamic_batch: bool = False) -> dict:
                 raise TargetConstraintError(
                     f"{where}: node {node.name!r} (ScatterElements): indices {indices} larger than the data {data} "
                     "in some axis; TensorRT rejects that (compact with TopK + Gather instead)")
-    return {"target": target.name, "opset": opset, "nodes": len(graph.node), "passed": True}
+    return LintResult(target=target.name, opset=opset, nodes=len(graph.node), passed=True)
 
 
 def check_types(model: onnx.ModelProto, where: str, target: Target, initializers: dict) -> None:

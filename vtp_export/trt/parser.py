@@ -5,6 +5,7 @@ the same ONNX parser and a builder that runs on a CPU-only machine, so CI parses
 an engine from it. Where the full `tensorrt` package and a GPU are present, that one is used instead.
 """
 
+import dataclasses
 import importlib
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 from vtp_export.errors import TensorRTParseError
+from vtp_export.records.graph import ParserCheck
 from vtp_export.util.interrupts import deferred_interrupt
 
 BINDINGS = ("tensorrt", "tensorrt_rtx_bindings")
@@ -64,14 +66,15 @@ def available_builder() -> tuple[ModuleType, object, object] | None:
     return None
 
 
-def check_with_tensorrt_parser(path: Path, build_engine: bool) -> dict:
+def check_with_tensorrt_parser(path: Path, build_engine: bool) -> ParserCheck:
     """Parse `path` (external data beside it), and build an engine if asked; raise TensorRTParseError.
 
     Parsing costs little memory; a CPU-only engine build holds about four copies of the weights.
     """
     found = available_builder()
     if found is None:
-        return {"checked": False, "reason": "no TensorRT binding installed (pip install 'vtp-export[tensorrt-check]')"}
+        return ParserCheck(checked=False,
+                           reason="no TensorRT binding installed (pip install 'vtp-export[tensorrt-check]')")
     trt, builder, logger = found
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
@@ -81,12 +84,8 @@ def check_with_tensorrt_parser(path: Path, build_engine: bool) -> dict:
     if not parsed:
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] or logger.errors
         raise TensorRTParseError(f"TensorRT ONNX parser rejected {path.name}: {' | '.join(errors)[:500]}")
-    record = {
-        "checked": True,
-        "parser": f"{trt.__name__} {trt.__version__}",
-        "layers": network.num_layers,
-        "parse_seconds": round(time.perf_counter() - start, 2),
-    }
+    record = ParserCheck(checked=True, parser=f"{trt.__name__} {trt.__version__}", layers=network.num_layers,
+                         parse_seconds=round(time.perf_counter() - start, 2))
     if build_engine:
         start = time.perf_counter()
         with deferred_interrupt() as interrupted:
@@ -96,5 +95,5 @@ def check_with_tensorrt_parser(path: Path, build_engine: bool) -> dict:
             engine = builder.build_serialized_network(network, config)
         if engine is None:
             raise TensorRTParseError(f"TensorRT builder failed on {path.name}: {' | '.join(logger.errors)[:500]}")
-        record |= {"engine_built": True, "build_seconds": round(time.perf_counter() - start, 2)}
+        record = dataclasses.replace(record, engine_built=True, build_seconds=round(time.perf_counter() - start, 2))
     return record

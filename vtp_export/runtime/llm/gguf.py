@@ -5,7 +5,6 @@ file. Files appear whole or not at all; the export's config.json records the fil
 
 import contextlib
 import ctypes
-import dataclasses
 import json
 import os
 import tempfile
@@ -22,14 +21,12 @@ except ImportError:  # the [llama] extra; the rest of vtp-export runs without it
     gguf = None
 
 from vtp_export.util.quiet import quiet
-from vtp_export.errors import ExportError, UsageError, WeightsError
-from vtp_export.onnx.names import CONFIG_JSON
+from vtp_export.errors import ExportError, UsageError, VtpError, WeightsError
 from vtp_export.models import MODELS
 from vtp_export.util.files import current_umask
-from vtp_export.records.export import LlmFile, read_export
-from vtp_export.records.codec import sha256, write_json
+from vtp_export.records.export import RUNTIME_FOLDER, LlmFile, read_export, runtime_config, update_export
+from vtp_export.records.codec import sha256
 from vtp_export.runtime.llm.transformers import TransformersLanguageModel
-from vtp_export.checkpoint.locate import read_model_config
 from vtp_export.contract import WeightsFolder
 
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
@@ -68,25 +65,29 @@ def export_llm(folder: Path, quant: str = "f16", llm_folder: Path | None = None,
     record = read_export(folder)
     model = MODELS.get(record.model.name)
     weights = record.model.weights
-    config = read_model_config(model, weights)
+    try:
+        config = runtime_config(folder, model)
+    except VtpError as error:
+        raise UsageError(str(error)) from None
     text_type = config.text_config.model_type
     if text_type not in GGUF_TEXT_MODELS:
         raise UsageError(f"vtp-export llm writes LLaMA-architecture GGUFs ({', '.join(GGUF_TEXT_MODELS)}); "
                          f"{model.name}'s LLM is {text_type!r}: run it with the transformers backend")
     checkpoint = llm_folder or (weights.path if isinstance(weights, WeightsFolder) else None)
-    with tempfile.TemporaryDirectory(prefix="vtp-llm-tokenizer-") as scratch:
-        if checkpoint is not None:
-            if llm_layers is not None:
-                raise UsageError("--llm-layers cuts a random LLM; this export's LLM comes from a checkpoint")
-            llm = TransformersLanguageModel.from_checkpoint(model, checkpoint, record.model.geometry,
-                                                            dtype="float32" if quant == "f32" else "float16")
-            tokenizer_folder = checkpoint
-        else:
-            llm = TransformersLanguageModel.random(model, config, weights.seed, llm_layers)
-            tokenizer_folder = Path(scratch)
-            llm.tokenizer.save_pretrained(tokenizer_folder)
-        written = write_gguf(llm, tokenizer_folder, folder / gguf_file_name(quant), quant)
-    write_json(folder / CONFIG_JSON, dataclasses.replace(record, llm=written))
+    if checkpoint is not None:
+        if llm_layers is not None:
+            raise UsageError("--llm-layers cuts a random LLM; this export's LLM comes from a checkpoint")
+        if llm_folder is None and not checkpoint.is_dir():
+            raise UsageError(f"{folder}: its LLM is the checkpoint {checkpoint}, which is not on this machine: pass "
+                             f"--llm FOLDER (a {model.name} checkpoint)")
+        llm = TransformersLanguageModel.from_checkpoint(model, checkpoint, record.model.geometry,
+                                                        dtype="float32" if quant == "f32" else "float16")
+        tokenizer_folder = checkpoint
+    else:  # seeded random weights; the stand-in tokenizer the export folder carries
+        llm = TransformersLanguageModel.random(model, config, weights.seed, llm_layers)
+        tokenizer_folder = folder / RUNTIME_FOLDER
+    written = write_gguf(llm, tokenizer_folder, folder / gguf_file_name(quant), quant)
+    update_export(folder, {("llm",): written})
     if record.llm is not None and record.llm.file != written.file:
         (folder / record.llm.file).unlink(missing_ok=True)  # the folder holds what its record lists
     return written

@@ -45,7 +45,7 @@ class LlmRequest:
 
     folder: Path  # the export folder
     record: ExportRecord
-    config: Any  # the export's checkpoint config (read_model_config)
+    config: Any  # the model's HF config, as the export folder carries it (runtime_config)
     llm: str | Path | None  # the weights to run; None: the export's own
     llm_layers: int | None  # a random LLM cut to this many decoder layers
     device: str

@@ -34,12 +34,17 @@ def open_llm(request: LlmRequest) -> "TransformersLanguageModel":
     record = request.record
     model = MODELS.get(record.model.name)
     weights = record.model.weights
-    if request.llm is not None or isinstance(weights, WeightsFolder):
-        if request.llm_layers is not None:
-            raise PipelineError("--llm-layers cuts a random LLM; this export's LLM comes from a checkpoint")
-        return TransformersLanguageModel.from_checkpoint(model, Path(request.llm or weights.path),
-                                                         record.model.geometry, request.device, request.dtype)
-    return TransformersLanguageModel.random(model, request.config, weights.seed, request.llm_layers, request.device)
+    if request.llm is None and not isinstance(weights, WeightsFolder):
+        return TransformersLanguageModel.random(model, request.config, weights.seed, request.llm_layers, request.device)
+    if request.llm_layers is not None:
+        raise PipelineError("--llm-layers cuts a random LLM; this export's LLM comes from a checkpoint")
+    if request.llm is None and not weights.path.is_dir():
+        raise PipelineError(f"{request.folder}: its LLM is the checkpoint {weights.path}, which is not on this machine: "
+                            f"pass --llm FOLDER (a {model.name} checkpoint), or convert the LLM into the export folder "
+                            f"(vtp-export llm {request.folder} --format gguf --llm FOLDER) and run it with "
+                            "--llm-backend llama.cpp")
+    return TransformersLanguageModel.from_checkpoint(model, Path(request.llm or weights.path), record.model.geometry,
+                                                     request.device, request.dtype)
 
 
 class TransformersLanguageModel:
