@@ -12,11 +12,11 @@ class Toolchain:
     name: str  # a target's `runtime`
     label: str  # in messages: "TensorRT targets"
     vision_backend: str  # the runtime's vision backend for its targets' graphs (runtime/backends.py)
-    lowers_precision: bool  # engine precisions (precision.py) put into the graph, scores and norms kept fp32
-    lints: bool  # graphs checked against the target's constraints (lint.py), at export and by vtp-export lint
-    parser_check: bool  # graphs checked by the TensorRT ONNX parser at export (tensorrt_check.py)
-    writes_recipe: bool  # the export carries the device build script (recipe.py)
-    builds_engines: bool  # vtp-export build makes engines (builder.py)
+    lowers_precision: bool  # engine precisions (precision/transforms.py) put into the graph, scores and norms kept fp32
+    lints: bool  # graphs checked against the target's constraints (trt/lint.py), at export and by vtp-export lint
+    parser_check: bool  # graphs checked by the TensorRT ONNX parser at export (trt/parser.py)
+    writes_recipe: bool  # the export carries the device build script (trt/recipe.py)
+    builds_engines: bool  # vtp-export build makes engines (trt/builder.py)
     target_fields: tuple[str, ...] = ()  # Target fields its targets must set
 
 

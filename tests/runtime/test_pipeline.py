@@ -166,10 +166,10 @@ def test_llm_folder_must_fit_the_export(exports, tiny_clip, tmp_path):
 
 
 def test_a_random_llm_too_large_for_memory_is_refused_up_front(monkeypatch, cached_export):
-    from vtp_export.runtime import llm
+    from vtp_export.runtime.llm import protocol
 
     out = cached_export("llava15-tiny", "fastervlm", 64, "cpu", verify_samples=1)  # a golden export (random weights)
-    monkeypatch.setattr(llm, "available_memory_bytes", lambda: 1 << 20)
+    monkeypatch.setattr(protocol, "available_memory_bytes", lambda: 1 << 20)
     with pytest.raises(PipelineError, match=r"needs about .* GiB .* --llm-layers"):
         Pipeline.from_dir(out)
 

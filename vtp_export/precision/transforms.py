@@ -9,7 +9,7 @@ unquantized is then lowered to fp16 the same way. Why AutoCast rather than casti
 README, "Precision".
 
 TensorRT 8.5 (JetPack 5) has no strong typing: its engines get fp16 from builder flags and keep the
-same `float32_nodes` float32 as per-layer precisions (recipe.py, builder.py).
+same `float32_nodes` float32 as per-layer precisions (trt/recipe.py, trt/builder.py).
 """
 
 import contextlib

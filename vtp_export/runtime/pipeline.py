@@ -67,7 +67,7 @@ class Pipeline:
         """llm: None for the checkpoint the export came from (seeded random weights for random exports, cut
         to llm_layers where given), a HF checkpoint folder (transformers) or GGUF file (llama.cpp), or a
         backend object. backend: None (a matching TensorRT engine, else onnxruntime), "onnxruntime",
-        "tensorrt" or "torch". llm_backend: one of runtime/llm_backends.py, "transformers" or "llama.cpp" (a
+        "tensorrt" or "torch". llm_backend: one of runtime/llm/backends.py, "transformers" or "llama.cpp" (a
         GGUF from `vtp-export llm`, sequential positions only; device, dtype and llm_layers are the
         transformers backend's). position_ids: None for the model's own policy (sequential for LLaVA, original
         for Qwen2.5-VL's M-RoPE). layout: "static", or "hf" for an unpruned AnyRes export (see LAYOUTS)."""

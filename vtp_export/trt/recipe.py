@@ -1,7 +1,7 @@
 """The device-side TensorRT build recipe: one trtexec command per graph with the target's flags, as a script.
 
 Strongly typed (TensorRT 9+, every target but JetPack 5): `--stronglyTyped` and no precision flags, the
-graph's own types decide (precision.py puts fp16/bf16 and Q/DQ into the graph; TensorRT 11 has nothing
+graph's own types decide (precision/transforms.py puts fp16/bf16 and Q/DQ into the graph; TensorRT 11 has nothing
 else). Weakly typed (TensorRT 8.5): `--fp16` with the score path pinned by `--layerPrecisions`.
 """
 

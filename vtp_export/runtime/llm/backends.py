@@ -1,5 +1,5 @@
 """The LLM backends the runtime opens by name, each declaring what it takes and refuses. A backend is a module
-with a LanguageModelBackend (runtime/llm.py) and `open_llm(LlmRequest)`, plus its entry here; the module is
+with a LanguageModelBackend (runtime/llm/protocol.py) and `open_llm(LlmRequest)`, plus its entry here; the module is
 imported only when the backend is opened: this registry and the torch-free backends import without torch."""
 
 import importlib

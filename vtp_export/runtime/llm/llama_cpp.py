@@ -85,7 +85,7 @@ def llama_cpp_log() -> Iterator[LlamaLog]:
 
 
 class LlamaCppLanguageModel:
-    """A LanguageModelBackend (runtime/llm.py) on a LLaMA-architecture GGUF."""
+    """A LanguageModelBackend (runtime/llm/protocol.py) on a LLaMA-architecture GGUF."""
 
     name = "llama.cpp"
 

@@ -41,7 +41,7 @@ class Generated:
 
 @dataclass(frozen=True)
 class LlmRequest:
-    """What a backend module's open_llm(request) builds its LanguageModelBackend from (runtime/llm_backends.py)."""
+    """What a backend module's open_llm(request) builds its LanguageModelBackend from (runtime/llm/backends.py)."""
 
     folder: Path  # the export folder
     record: ExportRecord
