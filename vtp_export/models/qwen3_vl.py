@@ -53,10 +53,11 @@ def text_2b() -> dict:
 
 def tiny_vision() -> dict:
     """Toy width, the real patch/merge layout, two DeepStack levels; a 16x16 position table, so that export sizes
-    both shrink it (224 px: 14 patches a side) and stretch it (320 px: 20)."""
+    both shrink it (224 px: 14 patches a side) and stretch it (320 px: 20). Random weights drawn at std 0.2
+    (HF's 0.02 leaves attention uniform to 1e-3 at this width, and HoloV's ranks by it at float32 rounding)."""
     return dict(depth=4, hidden_size=32, num_heads=2, intermediate_size=48, out_hidden_size=64,
                 deepstack_visual_indexes=[0, 2], num_position_embeddings=256, patch_size=16, temporal_patch_size=2,
-                spatial_merge_size=2, hidden_act="gelu_pytorch_tanh")
+                spatial_merge_size=2, hidden_act="gelu_pytorch_tanh", initializer_range=0.2)
 
 
 def tiny_text() -> dict:
