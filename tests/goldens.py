@@ -11,7 +11,7 @@ from vtp_export.models import MODELS
 GRAPHS_DIR = Path(__file__).resolve().parent.parent / "graphs"
 # Every registered method a golden model supports has a golden signature of its fp32 graph at that model's
 # keep (`none` at its own N), and so do the method variants whose graphs differ in structure.
-GOLDEN_KEEPS = {"llava15-tiny": 64, "llava-next-tiny": 320, "qwen2.5-vl-tiny": 64}
+GOLDEN_KEEPS = {"llava15-tiny": 64, "llava-next-tiny": 320, "qwen2.5-vl-tiny": 64, "qwen3-vl-tiny": 64}
 GOLDEN_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "holov-paper": ("holov", {"variant": "paper"}),
     "trim-iqr": ("trim", {"count": "iqr"}),

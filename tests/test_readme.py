@@ -57,7 +57,7 @@ def test_the_examples_are_found():
     """An empty list would leave test_readme_example_runs with nothing to run, silently."""
     assert len(EXAMPLES) >= 5 and "vtp-export methods" in EXAMPLES
     assert {shlex.split(line)[shlex.split(line).index("--model") + 1] for line in EXAMPLES if "--model" in line} == {
-        "llava15-tiny", "llava-next-tiny", "qwen2.5-vl-tiny"}
+        "llava15-tiny", "llava-next-tiny", "qwen2.5-vl-tiny", "qwen3-vl-tiny"}
 
 
 @pytest.mark.slow

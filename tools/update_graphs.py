@@ -1,5 +1,5 @@
 """Regenerate the golden graph signatures under graphs/ from fresh fp32 exports of the golden tiny models
-(tests/goldens.py GOLDEN_KEEPS: llava15-tiny, llava-next-tiny, qwen2.5-vl-tiny).
+(tests/goldens.py GOLDEN_KEEPS: llava15-tiny, llava-next-tiny, qwen2.5-vl-tiny, qwen3-vl-tiny).
 
 Run after an intended change to a graph:  .venv/bin/python tools/update_graphs.py
 The diff of graphs/ then shows exactly which ops and shapes changed, for review.
