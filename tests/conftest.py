@@ -72,19 +72,17 @@ def save_tiny_llava_next(folder: Path, text: str = "llama", seed: int = 0) -> Pa
     return folder
 
 
-QWEN_TINY = MODELS.get("qwen2.5-vl-tiny")
+def save_tiny_qwen(folder: Path, seed: int = 0, model_name: str = "qwen2.5-vl-tiny") -> Path:
+    """A real HF Qwen2.5-VL (or Qwen3-VL: model_name qwen3-vl-tiny) checkpoint (random weights, byte-level
+    tokenizer) written with save_pretrained. Weights are drawn wider than HF's initialisation and norm weights away
+    from one, so that a wrong norm, order, pairing or position cannot hide behind near-uniform attention: swapping
+    the h and w positions of the image tokens changes Qwen2.5-VL's greedy answer."""
+    import transformers
 
-
-def save_tiny_qwen(folder: Path, seed: int = 0) -> Path:
-    """A real HF Qwen2.5-VL checkpoint (random weights, byte-level tokenizer) written with save_pretrained. Weights
-    are drawn wider than HF's initialisation and norm weights away from one, so that a wrong norm, order, pairing
-    or position cannot hide behind near-uniform attention: swapping the h and w positions of the image tokens
-    changes the greedy answer."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
+    adapter = MODELS.get(model_name)
     torch.manual_seed(seed)
-    config = QWEN_TINY.default_config()
-    model = Qwen2_5_VLForConditionalGeneration(config)
+    config = adapter.default_config()
+    model = getattr(transformers, adapter.hf_class)(config)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if parameter.dim() == 1 and name.endswith("weight"):
@@ -94,7 +92,7 @@ def save_tiny_qwen(folder: Path, seed: int = 0) -> Path:
             elif "embed_tokens" not in name:
                 parameter.normal_(0, 0.2)
     model.save_pretrained(folder)
-    QWEN_TINY.stand_in_tokenizer(config).save_pretrained(folder)
+    adapter.stand_in_tokenizer(config).save_pretrained(folder)
     return folder
 
 
@@ -111,6 +109,11 @@ def tiny_next_checkpoint(tmp_path_factory, tiny_clip) -> Path:
 @pytest.fixture(scope="session")
 def qwen_checkpoint(tmp_path_factory) -> Path:
     return save_tiny_qwen(tmp_path_factory.mktemp("qwen2.5-vl-tiny"))
+
+
+@pytest.fixture(scope="session")
+def qwen3_checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_qwen(tmp_path_factory.mktemp("qwen3-vl-tiny"), model_name="qwen3-vl-tiny")
 
 
 @pytest.fixture(scope="session")

@@ -94,6 +94,9 @@ class VisionFeatures:
     # Several crops per image (LLaVA-NeXT): for each position of the image's one token sequence, the flat index
     # crop * N + patch into the crops' patches (the model's layout; methods with one budget per image read it).
     image_sequence: Tensor | None = None  # (crops * N,) int64
+    # Towers that feed the LLM several feature levels (Qwen3-VL's DeepStack): each level's hidden states laid out
+    # like `hidden`; the graph applies the method's selection to every level and projects each with its own merger.
+    levels: tuple[Tensor, ...] = ()
 
     @cached_property
     def patches(self) -> Tensor:

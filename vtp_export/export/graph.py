@@ -1,12 +1,12 @@
 """The exported vision graph: the model's feature extraction (tower up to its scoring layer), a pruning
-method's Selection, that selection applied to the model's token stream and projected, the model's token
-layout. See models/ for the towers' side and methods/ for the methods."""
+method's Selection, that selection applied to the model's token streams (and feature levels) and projected, the
+model's token layout. See models/ for the towers' side and methods/ for the methods."""
 
 import torch
 from torch import Tensor, nn
 
 from vtp_export.contract import ClusterMerge, MeanOfRest, NeighbourMerge, Selection, Stream, VisionFeatures, VisionStack
-from vtp_export.onnx.names import TEXT_CONDITIONED_VISION_INPUTS, VISION_INPUTS
+from vtp_export.onnx.names import DEEPSTACK_EMBEDS, TEXT_CONDITIONED_VISION_INPUTS, VISION_INPUTS, VISION_OUTPUTS
 from vtp_export.methods.base import PruningMethod
 from vtp_export.models.base import VisionLanguageModel
 from vtp_export.ops import gather_rows
@@ -35,15 +35,17 @@ def selected_rows(stream: Tensor, selection: Selection) -> Tensor:
 
 class ApplySelection(nn.Module):
     """A Selection -> image_embeds of its slots (B, K, D_llm): the selected rows of the stream it indexes,
-    projected (or gathered from the projections the method scored), unfilled slots zero. A module of its own
-    so that its nodes carry a `selection` namespace, which reduced-precision graphs keep float32 like the
-    method's (precision.float32_nodes), the projector excepted."""
+    projected (or gathered from the projections the method scored), unfilled slots zero; and where the tower
+    has feature levels (Qwen3-VL's DeepStack) the same rows of every level, each projected by its own merger
+    (B, levels, K, D_llm). A module of its own so that its nodes carry a `selection` namespace, which
+    reduced-precision graphs keep float32 like the method's (precision.float32_nodes), the projectors excepted."""
 
-    def __init__(self, projector: nn.Module) -> None:
+    def __init__(self, projector: nn.Module, level_projectors: tuple[nn.Module, ...] = ()) -> None:
         super().__init__()
         self.projector = projector
+        self.levels = nn.ModuleList(LevelProjection(p) for p in level_projectors)
 
-    def forward(self, selection: Selection, features: VisionFeatures) -> Tensor:
+    def forward(self, selection: Selection, features: VisionFeatures) -> tuple[Tensor, Tensor | None]:
         if selection.stream is Stream.PROJECTED:
             assert selection.projected is not None and selection.merge is None
             projected = selection.projected
@@ -52,35 +54,68 @@ class ApplySelection(nn.Module):
         else:
             stream = features.hidden if selection.stream is Stream.SEQUENCE else features.patches
             embeds = self.projector(selected_rows(stream, selection))
-        if selection.filled is not None:
-            embeds = embeds * selection.filled.unsqueeze(-1).to(embeds.dtype)
+        embeds = unfilled_zero(embeds, selection)
+        if not self.levels:
+            return embeds, None
+        assert len(features.levels) == len(self.levels)
+        levels = [level(selection, hidden, features.cls_token) for level, hidden in zip(self.levels, features.levels)]
+        return embeds, torch.stack(levels, dim=1)
+
+
+def unfilled_zero(embeds: Tensor, selection: Selection) -> Tensor:
+    """(B, K, D) projected slots with the unfilled ones (Selection.filled) set to zero."""
+    if selection.filled is None:
         return embeds
+    return embeds * selection.filled.unsqueeze(-1).to(embeds.dtype)
+
+
+class LevelProjection(nn.Module):
+    """One feature level through a Selection: the rows the selection takes of the main stream, from the level's
+    stream of the same layout (a PROJECTED selection's `source` rows of the level's patches, which it projects
+    itself), projected by the level's merger, unfilled slots zero."""
+
+    def __init__(self, projector: nn.Module) -> None:
+        super().__init__()
+        self.projector = projector
+
+    def forward(self, selection: Selection, hidden: Tensor, cls_token: bool) -> Tensor:
+        stream = hidden if selection.stream is Stream.SEQUENCE or not cls_token else hidden[:, 1:]
+        return unfilled_zero(self.projector(selected_rows(stream, selection)), selection)
 
 
 class PruningStage(nn.Module):
     """VisionFeatures -> the graph's outputs: the method's Selection, applied to the token stream and projected,
-    laid out by the model (image_embeds (B, K, D_llm), token_index (B, K) [, num_valid (B,)])."""
+    laid out by the model (image_embeds (B, K, D_llm), token_index (B, K) [, num_valid (B,)]), then for towers
+    with feature levels deepstack_embeds (B, levels, K, D_llm) in the same slot order (such models have one crop,
+    whose layout keeps the slots as they are)."""
 
-    def __init__(self, method: PruningMethod, projector: nn.Module, layout: nn.Module) -> None:
+    def __init__(self, method: PruningMethod, projector: nn.Module, layout: nn.Module,
+                 level_projectors: tuple[nn.Module, ...] = ()) -> None:
         super().__init__()
         self.method = method
-        self.selection = ApplySelection(projector)
+        self.selection = ApplySelection(projector, level_projectors)
         self.layout = layout
 
     def forward(self, features: VisionFeatures) -> tuple[Tensor, ...]:
         selection = self.method(features, self.selection.projector)
-        return self.layout(self.selection(selection, features), selection)
+        embeds, levels = self.selection(selection, features)
+        outputs = self.layout(embeds, selection)
+        return outputs if levels is None else (*outputs, levels)
 
 
 class VisionGraph(nn.Module):
-    """pixel_values [, text_embeds] -> image_embeds (B, K, D_llm), token_index (B, K) [, num_valid (B,)]."""
+    """pixel_values [, text_embeds] -> image_embeds (B, K, D_llm), token_index (B, K) [, num_valid (B,)]
+    [, deepstack_embeds (B, levels, K, D_llm)]."""
 
     def __init__(self, model: VisionLanguageModel, stack: VisionStack, method: PruningMethod) -> None:
         super().__init__()
+        levels = model.level_projectors(stack)
+        if levels and (stack.geometry.crops != 1 or method.output_names != VISION_OUTPUTS):
+            raise ValueError("feature levels are laid out for one crop and a fixed token count")
         self.features = model.feature_extractor(stack, method)
-        self.prune = PruningStage(method, stack.projector, model.token_layout(stack.geometry))
+        self.prune = PruningStage(method, stack.projector, model.token_layout(stack.geometry), levels)
         self.input_names = TEXT_CONDITIONED_VISION_INPUTS if method.text_conditioned else VISION_INPUTS
-        self.output_names = method.output_names
+        self.output_names = (*method.output_names, DEEPSTACK_EMBEDS) if levels else method.output_names
         self.eval()
 
     @property

@@ -144,7 +144,7 @@ def write_graphs(request: ExportRequest, plan: Plan, stage: Path, progress: Prog
     primitive_layer_norm = "LayerNormalization" in target.unsupported_ops
     with torch.no_grad():
         vision_example = tuple(torch.from_numpy(a) for a in vision_graph.inputs[0].values())
-        export_onnx(graph, vision_example, vision_graph.path, graph.input_names, method.output_names,
+        export_onnx(graph, vision_example, vision_graph.path, graph.input_names, graph.output_names,
                     target.opset, request.dynamic_batch, primitive_layer_norm)
         if text_graph is not None:
             export_onnx(text_encoder, (torch.from_numpy(text_inputs[0][INPUT_IDS]),), text_graph.path, TEXT_INPUTS,

@@ -12,7 +12,7 @@ import torch
 
 from vtp_export.precision.agreement import matched_rows, set_overlap
 from vtp_export.errors import IndexMismatchError, ShapeMismatchError, ToleranceError
-from vtp_export.onnx.names import IMAGE_EMBEDS, TOKEN_INDEX
+from vtp_export.onnx.names import DEEPSTACK_EMBEDS, IMAGE_EMBEDS, TOKEN_INDEX
 from vtp_export.onnx.sessions import onnxruntime_session
 from vtp_export.onnx.inputs import Arrays
 from vtp_export.records.export import Verification
@@ -162,8 +162,8 @@ def compare_with_onnxruntime(path: Path, inputs: list[Arrays], expected: list[Ar
     """Run the graph on each sample; raise a VerificationError subclass on any disagreement with `expected`.
 
     Integer outputs must be identical; float outputs agree within `tolerance`. On samples whose selection is
-    not exact across backends (`exact`, default all exact), token_index needs MIN_SET_OVERLAP and embeds are
-    compared by source token.
+    not exact across backends (`exact`, default all exact), token_index needs MIN_SET_OVERLAP and embeds (image and
+    DeepStack) are compared by source token.
     """
     exact = exact if exact is not None else [True] * len(inputs)
     session = onnxruntime_session(path, low_memory=True)
@@ -186,7 +186,8 @@ def compare_with_onnxruntime(path: Path, inputs: list[Arrays], expected: list[Ar
             if overlap < MIN_SET_OVERLAP:
                 raise IndexMismatchError(f"sample {sample}: token_index shares only {overlap:.0%} of PyTorch's kept "
                                          f"set (at least {MIN_SET_OVERLAP:.0%} expected)")
-            pairs = {IMAGE_EMBEDS: matched_rows(got[TOKEN_INDEX], want_all[TOKEN_INDEX])}
+            rows = matched_rows(got[TOKEN_INDEX], want_all[TOKEN_INDEX])
+            pairs = {IMAGE_EMBEDS: rows, DEEPSTACK_EMBEDS: rows}
         for name, want in want_all.items():
             have = got[name]
             if not np.issubdtype(want.dtype, np.floating):
@@ -197,6 +198,8 @@ def compare_with_onnxruntime(path: Path, inputs: list[Arrays], expected: list[Ar
                 continue
             if name in pairs:
                 (have_at, want_at) = pairs[name]
+                if name == DEEPSTACK_EMBEDS:  # (B, levels, K, D): the slot axis next to the batch's
+                    have, want = np.moveaxis(have, 2, 1), np.moveaxis(want, 2, 1)
                 have, want = have[have_at], want[want_at]
             reference = want.astype(np.float64)
             error = np.abs(have - reference)

@@ -103,6 +103,11 @@ class VisionLanguageModel:
         """Tower and projector of `config`, float32, eval mode, HF's initialisation (seed set by the caller)."""
         raise NotImplementedError
 
+    def level_projectors(self, stack: VisionStack) -> tuple[nn.Module, ...]:
+        """The projector of each feature level the tower hands over besides its main stream (VisionFeatures.levels,
+        Qwen3-VL's DeepStack mergers); the graph then outputs deepstack_embeds. None by default."""
+        return ()
+
     def feature_extractor(self, stack: VisionStack, method: MethodRequirements) -> nn.Module:
         """The graph's first part: (pixel_values[, text_embeds]) -> contract.VisionFeatures."""
         raise NotImplementedError

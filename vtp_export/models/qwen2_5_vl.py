@@ -69,15 +69,16 @@ def tiny_text() -> dict:
                 bos_token_id=151643, eos_token_id=151645)
 
 
-def image_size(text: str, unit: int) -> tuple[int, int]:
-    """'448x448' -> (448, 448), checked: multiples of `unit`, at least MIN_PIXELS, fewer merged tokens than
-    TensorRT's TopK can sort."""
+def image_size(text: str, unit: int, min_pixels: int = MIN_PIXELS,
+               smallest: str = "Qwen2.5-VL's processor takes at least 56x56 pixels") -> tuple[int, int]:
+    """'448x448' -> (448, 448), checked: multiples of `unit`, at least `min_pixels` (`smallest` says why), fewer
+    merged tokens than TensorRT's TopK can sort."""
     height, width = parse_size(text, "--image-size")
     if height % unit or width % unit:
         raise UsageError(f"--image-size {text}: height and width must be multiples of {unit} (patch x merge), "
                          f"e.g. {round(height / unit) * unit or unit}x{round(width / unit) * unit or unit}")
-    if height * width < MIN_PIXELS:
-        raise UsageError(f"--image-size {text} is too small: Qwen2.5-VL's processor takes at least 56x56 pixels")
+    if height * width < min_pixels:
+        raise UsageError(f"--image-size {text} is too small: {smallest}")
     tokens = (height // unit) * (width // unit)
     if tokens >= TENSORRT_MAX_TOPK_K:
         raise UsageError(f"--image-size {text} is too large: {tokens} merged tokens, the graph sorts them with "
@@ -207,14 +208,16 @@ class Qwen25VLTiny(Qwen25VL):
         return tiny_text()
 
 
-def qwen_preprocess(images: list, height: int, width: int) -> np.ndarray:
+def qwen_preprocess(images: list, height: int, width: int, mean: tuple[float, ...] = CLIP_MEAN,
+                    std: tuple[float, ...] = CLIP_STD, patch: int = 14) -> np.ndarray:
     """(B, 3, H, W) float32: each image resized to W x H (bicubic, the processor's resampling), then HF's Qwen2-VL
-    image processor (PIL backend: convert to RGB, rescale by 1/255, normalise with CLIP's mean and std), whose
-    patch rows are put back into an image. The processor keeps aspect ratios, so only this resize fixes H x W."""
+    image processor (PIL backend: convert to RGB, rescale by 1/255, normalise with the checkpoint's mean and std:
+    CLIP's for Qwen2.5-VL), whose patch rows are put back into an image. The processor keeps aspect ratios, so
+    only this resize fixes H x W."""
     from PIL import Image
     from transformers import Qwen2VLImageProcessorPil
 
-    processor = Qwen2VLImageProcessorPil(do_resize=False, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    processor = Qwen2VLImageProcessorPil(do_resize=False, image_mean=list(mean), image_std=list(std), patch_size=patch)
     resized = [image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC) for image in images]
     rows = processor(resized, return_tensors="np")["pixel_values"]
     return unpatchify(rows, len(images), height, width, processor.patch_size, processor.merge_size,

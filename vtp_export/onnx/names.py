@@ -3,6 +3,7 @@
 PIXEL_VALUES = "pixel_values"
 TEXT_EMBEDS = "text_embeds"
 IMAGE_EMBEDS = "image_embeds"
+DEEPSTACK_EMBEDS = "deepstack_embeds"  # (B, levels, K, D_llm): the kept tokens of each DeepStack level (Qwen3-VL)
 TOKEN_INDEX = "token_index"
 NUM_VALID = "num_valid"
 INPUT_IDS = "input_ids"

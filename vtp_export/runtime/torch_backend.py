@@ -27,7 +27,7 @@ class TorchBackend:
         method = METHODS.get(record.method.name).from_record(geometry, record.keep, record.method.options)
         stack = load_stack(model, config, record.model.options, record.model.weights, record.model.text_weights)
         self.modules = {"vision": VisionGraph(model, stack, method)}
-        self.outputs = {"vision": method.output_names}
+        self.outputs = {"vision": self.modules["vision"].output_names}
         if method.text_conditioned:
             self.modules["text"], self.outputs["text"] = ClipTextEncoder(stack.clip), TEXT_OUTPUTS
 

@@ -24,6 +24,7 @@ the last block is windowed), averaged over each 2x2 unit: HoloV's official Qwen 
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -103,13 +104,16 @@ class ReceivedAttention(nn.Module):
     heads, sum over real queries / N, mean over the unit's patches, raster order. A module of its own so that
     its nodes carry a `scores` namespace, which reduced-precision graphs keep float32."""
 
-    def __init__(self, layout: WindowLayout) -> None:
+    def __init__(self, slot_patch: Sequence[int], unit: int, unit_of_token: Sequence[int] | None) -> None:
+        """slot_patch: the patch of each slot, -1 for pad slots; unit_of_token: the unit of each merged token in
+        raster order, None where the units are in raster order already (Qwen3-VL)."""
         super().__init__()
-        valid = torch.tensor(layout.slot_patch) >= 0
+        valid = torch.tensor(slot_patch) >= 0
         real = int(valid.sum())
-        self.unit = layout.unit
+        self.unit = unit
         self.register_buffer("query_weight", valid.to(torch.float32) / real, persistent=False)
-        self.register_buffer("unit_of_token", torch.tensor(layout.unit_of_token), persistent=False)
+        self.register_buffer("unit_of_token", None if unit_of_token is None else torch.tensor(unit_of_token),
+                             persistent=False)
 
     def forward(self, q: Tensor, k: Tensor, scale: float, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """q, k (B, G, heads, S, d) -> probabilities (B, G, heads, S, S) float32, received (B, M) float32."""
@@ -121,7 +125,7 @@ class ReceivedAttention(nn.Module):
         weights = self.query_weight.reshape(1, groups, length, 1)
         received = (probs.mean(dim=2) * weights).sum(dim=2).reshape(batch, groups * length)  # per key slot
         per_unit = received.reshape(batch, -1, self.unit).mean(dim=-1)
-        return probs, per_unit.index_select(1, self.unit_of_token)
+        return probs, per_unit if self.unit_of_token is None else per_unit.index_select(1, self.unit_of_token)
 
 
 class StaticBlock(nn.Module):
@@ -189,7 +193,7 @@ class QwenFeatures(nn.Module):
         self.blocks = nn.ModuleList(StaticBlock(block, 1 if i in full else layout.windows)
                                     for i, block in enumerate(tower.blocks))
         if Signal.PATCH_SCORES in method.requires:
-            self.scores = ReceivedAttention(layout)
+            self.scores = ReceivedAttention(layout.slot_patch, layout.unit, layout.unit_of_token)
 
         slot_patch = torch.tensor(layout.slot_patch)
         valid = slot_patch >= 0

@@ -1,0 +1,168 @@
+"""Qwen3-VL: a ViT without CLS (full attention, learned positions resampled to the image, 2-D RoPE), a 2x2 patch
+merger into the LLM width, DeepStack mergers that project three intermediate blocks' merged tokens into the LLM's
+first layers, and an LLM whose image tokens carry interleaved 3-D M-RoPE positions.
+
+Checkpoints: Qwen/Qwen3-VL-2B-Instruct, -4B-Instruct and -8B-Instruct (transformers
+Qwen3VLForConditionalGeneration, models/qwen3_vl/modeling_qwen3_vl.py; the hub's `model.visual.*` keys and
+`visual.*`); the geometry comes from the checkpoint's config. `qwen3-vl-tiny` is the same architecture at toy
+width (tests).
+
+The image size is fixed at export (`--image-size HxW`, multiples of 32): M = H/32 x W/32 merged tokens, numbered
+1..M in raster order in token_index. The graph outputs each kept token's DeepStack levels too (deepstack_embeds,
+export/graph.py), in image_embeds' slot order. Qwen3-VL's processor upscales images below 65536 pixels
+(its shortest_edge); the export takes any size down to 2x2 merged tokens, which the tower runs as it is.
+The runtime side (interleaved M-RoPE positions, DeepStack injection at the kept positions) is not implemented;
+the prompt template, special tokens and positions are Qwen2.5-VL's but for the default system turn.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from vtp_export.contract import Geometry, VisionStack
+from vtp_export.errors import WeightsError
+from vtp_export.models.base import ModelOption, register
+from vtp_export.models.qwen2_5_vl import Qwen25VL, image_size, qwen_preprocess
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
+    from transformers import Qwen3VLConfig
+
+    from vtp_export.contract import MethodRequirements
+
+DEFAULT_IMAGE_SIZE = "512x512"
+PROCESSOR_MEAN = PROCESSOR_STD = (0.5, 0.5, 0.5)  # Qwen3-VL's preprocessor_config.json
+
+
+def vision_2b() -> dict:
+    """The vision tower of Qwen3-VL-2B (4B: the same with out_hidden_size 2560; 8B: depth 27, width 1152,
+    deepstack_visual_indexes [8, 16, 24], out_hidden_size 4096)."""
+    return dict(depth=24, hidden_size=1024, num_heads=16, intermediate_size=4096, out_hidden_size=2048,
+                deepstack_visual_indexes=[5, 11, 17], num_position_embeddings=2304, patch_size=16,
+                temporal_patch_size=2, spatial_merge_size=2, hidden_act="gelu_pytorch_tanh")
+
+
+def text_2b() -> dict:
+    return dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+                num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=262144,
+                rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
+                                                    "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+                bos_token_id=151643, eos_token_id=151645)
+
+
+def tiny_vision() -> dict:
+    """Toy width, the real patch/merge layout, two DeepStack levels; a 16x16 position table, so that export sizes
+    both shrink it (224 px: 14 patches a side) and stretch it (320 px: 20)."""
+    return dict(depth=4, hidden_size=32, num_heads=2, intermediate_size=48, out_hidden_size=64,
+                deepstack_visual_indexes=[0, 2], num_position_embeddings=256, patch_size=16, temporal_patch_size=2,
+                spatial_merge_size=2, hidden_act="gelu_pytorch_tanh")
+
+
+def tiny_text() -> dict:
+    """Toy width with Qwen's vocabulary and special ids; mrope_section sums to head_dim / 2 = 8."""
+    return dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, vocab_size=151936, max_position_embeddings=4096,
+                rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 100.0,
+                                                    "mrope_section": [4, 2, 2], "mrope_interleaved": True},
+                bos_token_id=151643, eos_token_id=151645)
+
+
+@register
+class Qwen3VL(Qwen25VL):
+    name = "qwen3-vl"
+    summary = "Qwen3-VL-2B/4B/8B (ViT with 2-D RoPE, 2x2 merger, DeepStack levels, M-RoPE LLM), --image-size HxW"
+    model_type = "qwen3_vl"
+    hf_class = "Qwen3VLForConditionalGeneration"
+    canonical_repo = "Qwen/Qwen3-VL-2B-Instruct"
+    options = (ModelOption("image_size", "image size HxW fixed at export, multiples of 32", DEFAULT_IMAGE_SIZE),)
+
+    def vision_settings(self) -> dict:
+        return vision_2b()
+
+    def text_settings(self) -> dict:
+        return text_2b()
+
+    def default_config(self) -> Qwen3VLConfig:
+        from transformers import Qwen3VLConfig
+
+        return Qwen3VLConfig(vision_config=self.vision_settings(), text_config=self.text_settings(),
+                             image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
+                             vision_end_token_id=151653, tie_word_embeddings=True)
+
+    def config_from_dict(self, raw: dict) -> Qwen3VLConfig:
+        from transformers import Qwen3VLConfig
+
+        return Qwen3VLConfig.from_dict(raw)
+
+    def geometry(self, config: Any, options: dict[str, str]) -> Geometry:
+        vision = config.vision_config
+        if vision.temporal_patch_size != 2 or vision.spatial_merge_size != 2:
+            raise WeightsError(f"temporal_patch_size={vision.temporal_patch_size}, spatial_merge_size="
+                               f"{vision.spatial_merge_size}: only Qwen3-VL's 2 and 2 are supported")
+        if vision.out_hidden_size != config.text_config.hidden_size:
+            raise WeightsError(f"the merger's width {vision.out_hidden_size} differs from the LLM's "
+                               f"{config.text_config.hidden_size}")
+        if not all(0 <= i < vision.depth for i in vision.deepstack_visual_indexes):
+            raise WeightsError(f"deepstack_visual_indexes {list(vision.deepstack_visual_indexes)} are not blocks of "
+                               f"the {vision.depth}-block tower")
+        side = round(vision.num_position_embeddings ** 0.5)
+        if side * side != vision.num_position_embeddings:
+            raise WeightsError(f"num_position_embeddings={vision.num_position_embeddings} is not a square grid")
+        unit = vision.patch_size * vision.spatial_merge_size
+        height, width = image_size(self.resolved_options(options)["image_size"], unit, (2 * unit) ** 2,
+                                   f"Qwen3-VL takes at least {2 * unit}x{2 * unit} pixels (2x2 merged tokens)")
+        merge = vision.spatial_merge_size ** 2
+        return Geometry(
+            image_height=height, image_width=width, grid_rows=height // unit, grid_cols=width // unit,
+            cls_token=False, vision_width=vision.hidden_size * merge, num_heads=vision.num_heads,
+            head_dim=vision.hidden_size // vision.num_heads, llm_width=config.text_config.hidden_size,
+            feature_layer=vision.depth - 1,
+        )
+
+    def build_vision(self, config: Any) -> tuple[nn.Module, nn.Module]:
+        """HF's vision tower without its merger (its DeepStack mergers stay in it), and the merger as the projector
+        of merged tokens."""
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
+
+        from vtp_export.towers.qwen3 import PatchMerger
+
+        tower = Qwen3VLVisionModel(config.vision_config).float().eval()
+        merger = tower.merger
+        del tower.merger
+        return tower, PatchMerger(merger, config.vision_config.spatial_merge_size ** 2).eval()
+
+    def level_projectors(self, stack: VisionStack) -> tuple[nn.Module, ...]:
+        """The DeepStack mergers, one per deepstack_visual_indexes entry, on the levels' merged tokens."""
+        from vtp_export.towers.qwen3 import PatchMerger
+
+        unit = stack.config.vision_config.spatial_merge_size ** 2
+        return tuple(PatchMerger(merger, unit).eval() for merger in stack.tower.deepstack_merger_list)
+
+    def feature_extractor(self, stack: VisionStack, method: MethodRequirements) -> nn.Module:
+        from vtp_export.towers.qwen3 import Qwen3Features
+
+        return Qwen3Features(stack, method)
+
+    def preprocess(self, images: list, geometry: Geometry) -> np.ndarray:
+        patch = geometry.image_height // geometry.grid_rows // 2  # merge 2 (geometry)
+        return qwen_preprocess(images, geometry.image_height, geometry.image_width, PROCESSOR_MEAN, PROCESSOR_STD,
+                               patch)
+
+    def prompt(self, content: str, config: Any) -> str:
+        """Qwen3-VL's chat template: no system turn unless the conversation has one."""
+        return f"<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"
+
+
+@register
+class Qwen3VLTiny(Qwen3VL):
+    name = "qwen3-vl-tiny"
+    summary = "Qwen3-VL architecture at toy width (tests); always random weights"
+    canonical_repo = None
+    random_only = True
+
+    def vision_settings(self) -> dict:
+        return tiny_vision()
+
+    def text_settings(self) -> dict:
+        return tiny_text()
