@@ -11,8 +11,11 @@ The image size is fixed at export (`--image-size HxW`, multiples of 32): M = H/3
 1..M in raster order in token_index. The graph outputs each kept token's DeepStack levels too (deepstack_embeds,
 export/graph.py), in image_embeds' slot order. Qwen3-VL's processor upscales images below 65536 pixels
 (its shortest_edge); the export takes any size down to 2x2 merged tokens, which the tower runs as it is.
-The runtime side (interleaved M-RoPE positions, DeepStack injection at the kept positions) is not implemented;
-the prompt template, special tokens and positions are Qwen2.5-VL's but for the default system turn.
+Runtime: the special tokens, the image placeholder and the M-RoPE positions are Qwen2.5-VL's (get_rope_index of
+Qwen3VLModel gives a still image the same (t, h, w) as Qwen2.5-VL's: t = start, h = start + row, w = start + col,
+the text after it at start + max(rows, cols); the interleaving of the three sections is inside the text model's
+rotary embedding, so the position ids are (3, T) as for Qwen2.5-VL); the chat template has no default system turn.
+Each kept token's DeepStack levels go to the LLM with its embedding (runtime/llm/transformers.py).
 """
 
 from __future__ import annotations
@@ -151,7 +154,9 @@ class Qwen3VL(Qwen25VL):
                                patch)
 
     def prompt(self, content: str, config: Any) -> str:
-        """Qwen3-VL's chat template: no system turn unless the conversation has one."""
+        """One user turn of Qwen3-VL's chat template (the processor's chat_template of the Qwen3-VL Instruct
+        checkpoints): a system turn only where the conversation starts with one, so none here, unlike Qwen2.5-VL's
+        default 'You are a helpful assistant.'."""
         return f"<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"
 
 

@@ -19,7 +19,9 @@ import numpy as np
 from vtp_export.errors import PipelineError, VtpError
 from vtp_export.models import MODELS
 from vtp_export.models.tokenizer import clip_input_ids, load_tokenizer
-from vtp_export.onnx.names import IMAGE_EMBEDS, INPUT_IDS, NUM_VALID, PIXEL_VALUES, TEXT_EMBEDS, TOKEN_INDEX
+from vtp_export.onnx.names import (
+    DEEPSTACK_EMBEDS, IMAGE_EMBEDS, INPUT_IDS, NUM_VALID, PIXEL_VALUES, TEXT_EMBEDS, TOKEN_INDEX,
+)
 from vtp_export.records.export import (
     CLIP_TOKENIZER_FOLDER, IMAGE_NEWLINE_FILE, ExportRecord, read_export, runtime_config,
 )
@@ -198,7 +200,8 @@ class Pipeline:
         return np.concatenate(rows)
 
     def segments(self, content: str, vision: dict[str, np.ndarray], image_rows: range) -> list[Segment]:
-        """The prompt as text and image segments with their position ids."""
+        """The prompt as text and image segments with their position ids (and, for a DeepStack model, each image's
+        deepstack_embeds rows: the same slots as its image_embeds)."""
         ids = np.array(self.llm.tokenize(self.model.prompt(content, self.config)), dtype=np.int64)
         slots = np.flatnonzero(ids == self.llm.image_token_id).tolist()
         segments, cursor, position = [], 0, 0
@@ -214,7 +217,8 @@ class Pipeline:
             else:
                 positions, position = self.model.image_positions(position, vision[TOKEN_INDEX][row, :valid],
                                                                  self.geometry, self.position_ids)
-            segments.append(Segment(positions, embeds=embeds))
+            deepstack = vision[DEEPSTACK_EMBEDS][row, :, :valid] if DEEPSTACK_EMBEDS in vision else None
+            segments.append(Segment(positions, embeds=embeds, deepstack=deepstack))
             cursor = slot + 1
         text = ids[cursor:]
         segments.append(Segment(self.model.text_positions(position, len(text)), token_ids=text))

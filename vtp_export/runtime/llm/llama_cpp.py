@@ -24,6 +24,7 @@ import numpy as np
 
 from vtp_export.errors import PipelineError
 from vtp_export.models import MODELS
+from vtp_export.onnx.names import DEEPSTACK_EMBEDS
 from vtp_export.records.codec import sha256
 from vtp_export.runtime.llm.protocol import Generated, LlmRequest, OnToken, Segment
 
@@ -31,6 +32,8 @@ LOG_LEVEL_ERROR = 3  # ggml_log_level
 LOG_LEVEL_CONT = 5  # continues the previous message
 MAX_BATCH = 2048  # tokens per llama_decode call; longer segments go in several
 CONSECUTIVE = "llama.cpp needs consecutive positions on LLaMA models (position_ids='sequential')"
+DEEPSTACK = ("the llama.cpp backend does not add DeepStack levels inside the LLM (Qwen3-VL) yet; use the transformers "
+             "LLM backend")
 
 
 class LlamaLog:
@@ -221,6 +224,8 @@ class LlamaCppLanguageModel:
                                     "positions")
             if count == 0:
                 continue
+            if segment.deepstack is not None:
+                raise PipelineError(f"request {index}: image embeddings with DeepStack levels; {DEEPSTACK}")
             if segment.embeds is not None and segment.embeds.shape[1:] != (self.hidden_size,):
                 raise PipelineError(f"request {index}: image embeddings of shape {tuple(segment.embeds.shape)}; "
                                     f"the LLM takes (T, {self.hidden_size})")
@@ -332,8 +337,10 @@ class LlamaCppLanguageModel:
 def open_llm(request: LlmRequest) -> LlamaCppLanguageModel:
     """The GGUF `request.llm`, else the export's own (`vtp-export llm`, checked against its recorded sha256),
     checked to fit the export: the image embeddings' width, the recorded vocabulary, the model's image
-    placeholder as one special token."""
+    placeholder as one special token. A DeepStack export is refused first."""
     folder, record, llm = request.folder, request.record, request.llm
+    if any(spec.name == DEEPSTACK_EMBEDS for spec in record.graphs["vision"].outputs):
+        raise PipelineError(f"{folder}: {record.model.name}'s vision graph outputs {DEEPSTACK_EMBEDS}; {DEEPSTACK}")
     if llm is None:
         if record.llm is None:
             raise PipelineError(f"{folder} has no GGUF of its LLM: write one with vtp-export llm {folder} --format gguf"

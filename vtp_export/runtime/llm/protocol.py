@@ -21,11 +21,14 @@ POSITION_POLICIES = ("sequential", "original")
 
 @dataclass
 class Segment:
-    """One piece of a prompt, in order: text tokens or image embeddings, with their position ids."""
+    """One piece of a prompt, in order: text tokens or image embeddings, with their position ids; image embeddings
+    of a DeepStack model (Qwen3-VL) carry their levels, which the LLM adds to its hidden states at these tokens
+    after its first decoder layers (transformers Qwen3VLTextModel: level i after layer i)."""
 
     positions: np.ndarray  # (T,) int64; (3, T) for M-RoPE models
     token_ids: np.ndarray | None = None  # (T,) int64 text tokens, or
     embeds: np.ndarray | None = None  # (T, D) float32 image embeddings
+    deepstack: np.ndarray | None = None  # (L, T, D) float32: the image embeddings' DeepStack levels, if any
 
     def __len__(self) -> int:
         return self.positions.shape[-1]

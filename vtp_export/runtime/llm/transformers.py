@@ -1,5 +1,7 @@
 """The LLM in transformers: the checkpoint's language model (or seeded random weights), prefilled from
-embeddings with a KV cache, greedy or sampled, streaming tokens as they come."""
+embeddings with a KV cache, greedy or sampled, streaming tokens as they come. A DeepStack model's text model
+(Qwen3-VL: transformers Qwen3VLTextModel) gets its image tokens' levels on prefill, as visual_pos_masks and
+deepstack_visual_embeds, the inputs Qwen3VLModel.forward gives it."""
 
 import time
 from pathlib import Path
@@ -133,6 +135,7 @@ class TransformersLanguageModel:
         """Prefill the prompts (left padded), then decode one token at a time from the KV cache."""
         sequences = [self.sequence(segments) for segments in requests]
         embeds, mask, positions = left_padded(sequences)
+        deepstack = deepstack_inputs(requests, embeds.shape[1], self.device, self.dtype)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         cache = DynamicCache(config=self.config)
         batch = embeds.shape[0]
@@ -141,7 +144,7 @@ class TransformersLanguageModel:
         tokens: list[list[int]] = [[] for _ in range(batch)]
         start = time.perf_counter()
         hidden = self.decoder(inputs_embeds=embeds.to(self.device), attention_mask=mask, position_ids=positions,
-                              past_key_values=cache, use_cache=True).last_hidden_state
+                              past_key_values=cache, use_cache=True, **deepstack).last_hidden_state
         first_token_s = decode_start = None
         for step in range(max_new_tokens):
             logits = self.head(hidden[:, -1]).float()
@@ -189,3 +192,24 @@ def left_padded(sequences: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[tor
         mask[b, length - len(e):] = 1
         positions[..., b, length - len(e):] = p
     return embeds, mask, positions
+
+
+def deepstack_inputs(requests: list[list[Segment]], length: int, device: torch.device,
+                     dtype: torch.dtype) -> dict[str, Any]:
+    """The DeepStack inputs of Qwen3VLTextModel.forward for the prompts left padded to `length`: visual_pos_masks
+    (B, T), True at the image tokens that carry levels, and deepstack_visual_embeds, one (V, D) tensor per level
+    holding those V tokens in the mask's row-major order (the order Qwen3VLModel.forward concatenates its images'
+    levels in and _deepstack_process adds them back); {} where no segment carries levels."""
+    if all(segment.deepstack is None for segments in requests for segment in segments):
+        return {}
+    mask = torch.zeros(len(requests), length, dtype=torch.bool)
+    rows = []
+    for b, segments in enumerate(requests):
+        cursor = length - sum(len(segment) for segment in segments)
+        for segment in segments:
+            if segment.deepstack is not None:
+                mask[b, cursor:cursor + len(segment)] = True
+                rows.append(torch.from_numpy(segment.deepstack))
+            cursor += len(segment)
+    levels = torch.cat(rows, dim=1).to(device, dtype)  # (L, V, D)
+    return {"visual_pos_masks": mask.to(device), "deepstack_visual_embeds": list(levels)}
