@@ -56,9 +56,7 @@ NEXT = MODELS.get("llava-next-tiny")
 
 def save_tiny_llava_next(folder: Path, text: str = "llama", seed: int = 0) -> Path:
     """A real HF LLaVA-NeXT checkpoint (random weights, byte-level tokenizer), Vicuna (llama) or Mistral text."""
-    from transformers import LlavaNextForConditionalGeneration
-
-    from transformers import MistralConfig
+    from transformers import LlavaNextForConditionalGeneration, MistralConfig
 
     from vtp_export.models.llava15 import tiny_llama_text
 

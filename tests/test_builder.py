@@ -5,13 +5,13 @@ import json
 
 import pytest
 
-from vtp_export.trt.builder import build, build_engine, why_not_here
 from vtp_export.cli import main
-from vtp_export.trt.device import Device
 from vtp_export.errors import RecordError, UsageError
-from vtp_export.trt.recipe import BUILD_SCRIPT, trtexec_arguments
 from vtp_export.records.export import GraphRecord, TensorSpec, read_export
 from vtp_export.targets import TARGETS
+from vtp_export.trt.builder import build, build_engine, why_not_here
+from vtp_export.trt.device import Device
+from vtp_export.trt.recipe import BUILD_SCRIPT, trtexec_arguments
 
 tensorrt_rtx_bindings = pytest.importorskip("tensorrt_rtx_bindings",
                                             reason="TensorRT-RTX (the [tensorrt-check] extra) is not installed")

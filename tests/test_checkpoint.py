@@ -9,10 +9,10 @@ from safetensors.torch import load_file, save_file
 from transformers import LlavaForConditionalGeneration
 
 from vtp_export.checkpoint.load import load_clip_text, load_vision_stack
-from vtp_export.errors import WeightsError
-from vtp_export.models import MODELS
 from vtp_export.checkpoint.locate import read_model_config
 from vtp_export.contract import WeightsFolder
+from vtp_export.errors import WeightsError
+from vtp_export.models import MODELS
 
 LLAVA15 = MODELS.get("llava15")
 

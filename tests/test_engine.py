@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from vtp_export.trt import device as engine
-from vtp_export.trt.device import Device, check_engine_matches
 from vtp_export.errors import EngineMismatchError, RecordError
 from vtp_export.records.engine import ENGINE_SCHEMA, EngineRecord, GpuRecord, read_engine_record
+from vtp_export.trt import device as engine
+from vtp_export.trt.device import Device, check_engine_matches
 
 ORIN_ENGINE = EngineRecord(
     producer="vtp-export", schema=ENGINE_SCHEMA, vtp_export_version="0", created="", export="/e", tensorrt="10.3",

@@ -8,23 +8,23 @@ import json
 import numpy as np
 import pytest
 
+from tests.goldens import GOLDEN_KEEPS, golden_exports, golden_path, golden_text_path, read_signature
+from vtp_export.checkpoint.locate import CLIP_SUBFOLDER
 from vtp_export.export.job import export
 from vtp_export.export.plan import ExportRequest
+from vtp_export.methods import METHODS
+from vtp_export.models import MODELS
+from vtp_export.onnx.inputs import random_pixel_values
 from vtp_export.onnx.names import (
     CONFIG_JSON, IMAGE_EMBEDS, INPUT_IDS, NUM_VALID, PIXEL_VALUES, TEXT_EMBEDS, TEXT_ONNX, TOKEN_INDEX, VISION_ONNX,
 )
-from vtp_export.methods import METHODS
-from vtp_export.models import MODELS
-from vtp_export.trt.recipe import BUILD_SCRIPT
-from vtp_export.trt.lint import lint_graph
-from tests.goldens import GOLDEN_KEEPS, golden_exports, golden_path, golden_text_path, read_signature
-from vtp_export.onnx.signature import graph_signature
-from vtp_export.targets import TARGETS
-from vtp_export.trt.parser import check_with_tensorrt_parser
 from vtp_export.onnx.sessions import onnxruntime_session
+from vtp_export.onnx.signature import graph_signature
 from vtp_export.precision.transforms import graph_precision
-from vtp_export.onnx.inputs import random_pixel_values
-from vtp_export.checkpoint.locate import CLIP_SUBFOLDER
+from vtp_export.targets import TARGETS
+from vtp_export.trt.lint import lint_graph
+from vtp_export.trt.parser import check_with_tensorrt_parser
+from vtp_export.trt.recipe import BUILD_SCRIPT
 
 pytestmark = pytest.mark.slow
 

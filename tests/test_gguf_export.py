@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from tests.llm_files import TINY, sentencepiece_tokenizer_folder, stand_in_tokenizer_folder, tiny_llm
-from vtp_export.runtime.llm import gguf as gguf_export
 from vtp_export.cli import main
 from vtp_export.errors import ExportError, WeightsError
 from vtp_export.export.job import export
 from vtp_export.export.plan import ExportRequest
-from vtp_export.runtime.llm.gguf import QUANTS, rope_interleaved, write_gguf
 from vtp_export.onnx.names import CONFIG_JSON
-from vtp_export.records.export import LlmFile, read_export
 from vtp_export.records.codec import sha256
+from vtp_export.records.export import LlmFile, read_export
+from vtp_export.runtime.llm import gguf as gguf_export
+from vtp_export.runtime.llm.gguf import QUANTS, rope_interleaved, write_gguf
 from vtp_export.runtime.llm.llama_cpp import LlamaCppLanguageModel
 from vtp_export.runtime.llm.transformers import TransformersLanguageModel
 

@@ -6,8 +6,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from vtp_export.errors import ExportError, TargetConstraintError
-from vtp_export.trt.lint import lint_graph
 from vtp_export.targets import TARGETS
+from vtp_export.trt.lint import lint_graph
 
 
 def save(tmp_path, nodes, inputs, outputs, initializers=(), opset=18):

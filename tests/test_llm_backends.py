@@ -10,8 +10,8 @@ import pytest
 from vtp_export.cli import main
 from vtp_export.errors import PipelineError
 from vtp_export.runtime import Pipeline
-from vtp_export.runtime.llm.protocol import LlmRequest
 from vtp_export.runtime.llm.backends import LLM_BACKENDS, LlmBackend, llm_backend, llm_backend_names, register
+from vtp_export.runtime.llm.protocol import LlmRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 STUB = LlmBackend(name="stub", module=__name__, position_policies=("original",),

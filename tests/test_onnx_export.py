@@ -9,14 +9,14 @@ import torch
 from onnx import TensorProto, helper
 
 from vtp_export.checkpoint.load import load_vision_stack
+from vtp_export.contract import RandomWeights
 from vtp_export.errors import ExportError
+from vtp_export.export.graph import VisionGraph
 from vtp_export.methods import METHODS
-from vtp_export.ops import smallest_indices, top_indices
 from vtp_export.models import MODELS
 from vtp_export.onnx.export import check_static_shapes, export_onnx
 from vtp_export.onnx.sessions import onnxruntime_session
-from vtp_export.export.graph import VisionGraph
-from vtp_export.contract import RandomWeights
+from vtp_export.ops import smallest_indices, top_indices
 
 TINY = MODELS.get("llava15-tiny")
 

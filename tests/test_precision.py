@@ -11,25 +11,25 @@ import torch
 from onnx import TensorProto, helper
 from PIL import Image
 
-from vtp_export.trt.builder import build_engine
-from vtp_export.precision.calibration import RANDOM_BATCHES, calibration_inputs
-from vtp_export.errors import UsageError
-from vtp_export.precision.fidelity import fidelity, graph_outputs, measure_fidelity, value_types
-from vtp_export.onnx.names import IMAGE_EMBEDS, PIXEL_VALUES, TOKEN_INDEX, VISION_ONNX
-from vtp_export.methods import METHODS
 from vtp_export.checkpoint.load import load_vision_stack
-from vtp_export.models import MODELS
-from vtp_export.export.graph import VisionGraph
 from vtp_export.contract import RandomWeights
+from vtp_export.errors import UsageError
+from vtp_export.export.graph import VisionGraph
+from vtp_export.export.verify import torch_outputs
+from vtp_export.methods import METHODS
+from vtp_export.models import MODELS
 from vtp_export.onnx.export import export_onnx
+from vtp_export.onnx.inputs import verification_inputs
+from vtp_export.onnx.names import IMAGE_EMBEDS, PIXEL_VALUES, TOKEN_INDEX, VISION_ONNX
+from vtp_export.onnx.signature import graph_signature
+from vtp_export.precision.calibration import RANDOM_BATCHES, calibration_inputs
+from vtp_export.precision.fidelity import fidelity, graph_outputs, measure_fidelity, value_types
 from vtp_export.precision.transforms import (
     LOW_PRECISIONS, apply_precision, data_path, float32_nodes, graph_precision, lower_precision, quantize,
 )
-from vtp_export.onnx.signature import graph_signature
-from vtp_export.targets import TARGETS
-from vtp_export.onnx.inputs import verification_inputs
 from vtp_export.records.export import GraphRecord, TensorSpec
-from vtp_export.export.verify import torch_outputs
+from vtp_export.targets import TARGETS
+from vtp_export.trt.builder import build_engine
 
 pytestmark = pytest.mark.slow
 

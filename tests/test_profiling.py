@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from vtp_export.runtime import profile as profiling
 from vtp_export.cli import main
 from vtp_export.errors import RecordError, UsageError
 from vtp_export.records.profile import PROFILE_SCHEMA, read_report
+from vtp_export.runtime import profile as profiling
 
 pytestmark = pytest.mark.slow
 

@@ -13,6 +13,7 @@ import pytest
 from vtp_export.cli import main
 from vtp_export.errors import RecordError
 from vtp_export.onnx.names import PRODUCER
+from vtp_export.records.codec import decode, encode, write_json
 from vtp_export.records.engine import (
     ENGINE_SCHEMA, EngineFile, EngineFlags, EngineRecord, GpuRecord, Parity, read_engine_record,
 )
@@ -24,7 +25,7 @@ from vtp_export.records.profile import (
     PROFILE_SCHEMA, JetsonState, LlmInfo, MachineGpu, MachineLoad, MachineRecord, MemoryUse, Profile, ProfiledExport,
     ProfileReport, StageStats, SummaryRow, TokenCounts, read_report,
 )
-from vtp_export.records.codec import decode, encode, write_json
+
 
 @pytest.fixture(scope="module")
 def exports(cached_export):

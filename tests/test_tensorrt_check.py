@@ -6,8 +6,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from vtp_export.errors import TensorRTParseError
-from vtp_export.trt.parser import available_builder, check_with_tensorrt_parser
 from vtp_export.onnx.sessions import onnxruntime_session
+from vtp_export.trt.parser import available_builder, check_with_tensorrt_parser
 
 pytestmark = pytest.mark.trt
 

@@ -6,19 +6,21 @@ import shutil
 
 import pytest
 import torch
-from transformers import CLIPConfig, CLIPModel, LlavaConfig, LlavaForConditionalGeneration, LlavaNextConfig
-from transformers import LlavaNextForConditionalGeneration
+from transformers import (
+    CLIPConfig, CLIPModel, LlavaConfig, LlavaForConditionalGeneration, LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+)
 
 from tests.methods.sweep_towers import PEAKED_QK_SCALE
 from tests.methods.test_sweep import check_case, llava15_official, next_official
 from vtp_export.checkpoint.load import load_clip_text, load_vision_stack
+from vtp_export.checkpoint.locate import CLIP_SUBFOLDER, read_model_config
+from vtp_export.contract import WeightsFolder
 from vtp_export.export.job import export
 from vtp_export.export.plan import ExportRequest
 from vtp_export.models import MODELS
-from vtp_export.records.export import read_export
 from vtp_export.models.tokenizer import stand_in_clip_tokenizer
-from vtp_export.checkpoint.locate import CLIP_SUBFOLDER, read_model_config
-from vtp_export.contract import WeightsFolder
+from vtp_export.records.export import read_export
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from vtp_export.errors import IndexMismatchError, ShapeMismatchError, ToleranceError
-from vtp_export.onnx.names import IMAGE_EMBEDS, TOKEN_INDEX
 from vtp_export.export.verify import MIN_SET_OVERLAP, compare_with_onnxruntime
+from vtp_export.onnx.names import IMAGE_EMBEDS, TOKEN_INDEX
 
 
 @pytest.fixture

@@ -6,10 +6,12 @@ import shutil
 import huggingface_hub.constants
 import pytest
 
+from vtp_export.checkpoint.locate import (
+    CLIP_SUBFOLDER, locate_clip_weights, locate_weights, read_config_json, read_model_config,
+)
+from vtp_export.contract import RandomWeights, WeightsFolder, weights_from_record
 from vtp_export.errors import WeightsError
 from vtp_export.models import MODELS
-from vtp_export.checkpoint.locate import CLIP_SUBFOLDER, locate_clip_weights, locate_weights, read_config_json, read_model_config
-from vtp_export.contract import RandomWeights, WeightsFolder, weights_from_record
 
 LLAVA15 = MODELS.get("llava15")
 

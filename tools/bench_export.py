@@ -33,24 +33,20 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.methods import reference  # noqa: E402  the official algorithms, re-stated eagerly
-
 from vtp_export.checkpoint.load import load_clip_text, load_vision_stack  # noqa: E402
-from vtp_export.errors import UsageError  # noqa: E402
-from vtp_export.errors import ExportError
-from vtp_export.export.job import export
-from vtp_export.export.plan import ExportRequest
-from vtp_export.onnx.names import INPUT_IDS, TEXT_ONNX, VISION_ONNX  # noqa: E402
-from vtp_export.methods import METHODS  # noqa: E402
-from vtp_export.methods.base import PruningMethod
-from vtp_export.contract import VisionFeatures
-from vtp_export.models import MODELS  # noqa: E402
-from vtp_export.contract import Signal
-from vtp_export.onnx.export import export_onnx  # noqa: E402
-from vtp_export.onnx.sessions import cpu_threads, onnxruntime_session  # noqa: E402
-from vtp_export.onnx.inputs import random_input_ids, random_pixel_values  # noqa: E402
-from vtp_export.towers.clip import ClipTextEncoder  # noqa: E402
+from vtp_export.contract import RandomWeights, Signal, VisionFeatures  # noqa: E402
+from vtp_export.errors import ExportError, UsageError  # noqa: E402
 from vtp_export.export.graph import VisionGraph  # noqa: E402
-from vtp_export.contract import RandomWeights
+from vtp_export.export.job import export  # noqa: E402
+from vtp_export.export.plan import ExportRequest  # noqa: E402
+from vtp_export.methods import METHODS  # noqa: E402
+from vtp_export.methods.base import PruningMethod  # noqa: E402
+from vtp_export.models import MODELS  # noqa: E402
+from vtp_export.onnx.export import export_onnx  # noqa: E402
+from vtp_export.onnx.inputs import random_input_ids, random_pixel_values  # noqa: E402
+from vtp_export.onnx.names import INPUT_IDS, TEXT_ONNX, VISION_ONNX  # noqa: E402
+from vtp_export.onnx.sessions import cpu_threads, onnxruntime_session  # noqa: E402
+from vtp_export.towers.clip import ClipTextEncoder  # noqa: E402
 
 TOWER_OUTPUTS = ("hidden", "cls_attention", "keys", "received_attention")
 

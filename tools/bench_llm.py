@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vtp_export.runtime.llm.gguf import write_gguf  # noqa: E402
 from vtp_export.models import MODELS  # noqa: E402
+from vtp_export.runtime.llm.gguf import write_gguf  # noqa: E402
 from vtp_export.runtime.llm.llama_cpp import LlamaCppLanguageModel, fill  # noqa: E402
 from vtp_export.runtime.llm.protocol import Segment  # noqa: E402
 from vtp_export.runtime.llm.transformers import TransformersLanguageModel  # noqa: E402

@@ -11,10 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the golden table lives in tests/
 
-from vtp_export.export.job import export
-from vtp_export.export.plan import ExportRequest
-from vtp_export.onnx.names import TEXT_ONNX, VISION_ONNX
 from tests.goldens import GOLDEN_KEEPS, golden_exports, golden_path, golden_text_path, write_signature  # noqa: E402
+from vtp_export.export.job import export  # noqa: E402
+from vtp_export.export.plan import ExportRequest  # noqa: E402
+from vtp_export.onnx.names import TEXT_ONNX, VISION_ONNX  # noqa: E402
 from vtp_export.onnx.signature import graph_signature  # noqa: E402
 
 

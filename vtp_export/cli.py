@@ -196,8 +196,8 @@ def add_llm_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_profile(argv: Sequence[str]) -> int:
-    from vtp_export.runtime import profile as profiling
     from vtp_export.records.profile import read_report
+    from vtp_export.runtime import profile as profiling
     from vtp_export.runtime.llm.backends import LLM_BACKENDS
 
     p = Parser(prog="vtp-export profile", description="Latency profile of export folders (DIR ...), of a sweep "
@@ -286,10 +286,10 @@ def run_llm(argv: Sequence[str]) -> int:
 
 
 def run_lint(argv: Sequence[str]) -> int:
-    from vtp_export.trt.lint import lint_graph
     from vtp_export.records.export import read_export
     from vtp_export.targets import TARGETS
     from vtp_export.toolchains import labels
+    from vtp_export.trt.lint import lint_graph
 
     p = Parser(prog="vtp-export lint", description="Check an export folder's graphs against a TensorRT target's "
                "constraints (ops, opset, TopK K, static shapes), without TensorRT.")

@@ -6,10 +6,10 @@ import torch
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from vtp_export.contract import Geometry, VisionFeatures
+from vtp_export.export.graph import PruningStage
 from vtp_export.methods.base import PruningMethod
 from vtp_export.models import MODELS
 from vtp_export.models.layout import AnyResLayout, OneCrop, anyres_sequence
-from vtp_export.export.graph import PruningStage
 
 CLIP_WIDTH = 16  # llava15-tiny's CLIP joint embedding width
 TINY = MODELS.get("llava15-tiny")

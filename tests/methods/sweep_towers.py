@@ -16,11 +16,9 @@ import torch
 from torch import Tensor
 from transformers import CLIPConfig, CLIPTextModelWithProjection, LlavaConfig, LlavaNextConfig
 
+from vtp_export.contract import ClipText, Geometry, RandomWeights, VisionStack
 from vtp_export.models import MODELS
-from vtp_export.contract import Geometry, VisionStack
-from vtp_export.contract import ClipText
 from vtp_export.onnx.inputs import random_input_ids, random_pixel_values
-from vtp_export.contract import RandomWeights
 
 SWEEP_SEED = int(os.environ.get("VTP_SWEEP_SEED", "18"))
 PEAKED_QK_SCALE = 6.0

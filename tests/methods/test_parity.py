@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from vtp_export.methods import METHODS
 from tests.methods import reference
 from tests.methods.features import CLIP_WIDTH, random_features, run_method, tiny_geometry, tiny_projector
+from vtp_export.methods import METHODS
 
 ATOL, RTOL = 1e-5, 1e-5
 

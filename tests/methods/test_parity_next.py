@@ -6,10 +6,10 @@ import dataclasses
 import pytest
 import torch
 
-from vtp_export.methods import METHODS
-from vtp_export.models import MODELS
 from tests.methods import reference_next as reference
 from tests.methods.features import random_features, run_method, tiny_projector
+from vtp_export.methods import METHODS
+from vtp_export.models import MODELS
 
 NEXT = MODELS.get("llava-next-tiny")
 GRIDS = ["2x2", "1x3"]

@@ -9,10 +9,10 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 from tests.methods import reference
 from tests.methods.features import run_method, tiny_geometry
 from vtp_export.checkpoint.load import load_vision_stack
-from vtp_export.methods import METHODS
-from vtp_export.models import MODELS
 from vtp_export.checkpoint.locate import read_model_config
 from vtp_export.contract import WeightsFolder
+from vtp_export.methods import METHODS
+from vtp_export.models import MODELS
 
 QWEN = MODELS.get("qwen2.5-vl")
 VISION_START = 151652

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from vtp_export.methods import METHODS
-from vtp_export.errors import UsageError
 from tests.methods.features import batch_item, random_features, run_method, tiny_geometry, tiny_projector
+from vtp_export.errors import UsageError
+from vtp_export.methods import METHODS
 
 GEOMETRY = tiny_geometry()
 N = GEOMETRY.num_patches

@@ -15,15 +15,14 @@ from functools import cache
 import pytest
 import torch
 
+from tests.methods.features import run_method
 from vtp_export.checkpoint.load import load_clip_text, load_vision_stack
+from vtp_export.contract import RandomWeights, VisionFeatures
 from vtp_export.errors import UsageError
 from vtp_export.methods import METHODS
-from vtp_export.contract import VisionFeatures
 from vtp_export.models import MODELS
 from vtp_export.onnx.inputs import random_input_ids, random_pixel_values
 from vtp_export.towers.clip import ClsAttentionRow, FullWidthClsRow, full_width_cls_attention, run_feature_layer
-from vtp_export.contract import RandomWeights
-from tests.methods.features import run_method
 
 TINY = MODELS.get("llava15-tiny")
 EXACT = [name for name, method in METHODS.items() if method.exact_selection and name != "none"]

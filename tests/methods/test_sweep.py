@@ -20,12 +20,12 @@ from tests.methods.sweep_towers import (
     sample_inputs, stack_of,
 )
 from tests.methods.test_parity_next import default_layout
-from vtp_export.precision.agreement import matched_rows, set_overlap
-from vtp_export.onnx.names import PIXEL_VALUES, TEXT_EMBEDS
+from vtp_export.export.graph import VisionGraph
+from vtp_export.export.verify import MIN_SET_OVERLAP, determined_references
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
-from vtp_export.export.verify import MIN_SET_OVERLAP, determined_references
-from vtp_export.export.graph import VisionGraph
+from vtp_export.onnx.names import PIXEL_VALUES, TEXT_EMBEDS
+from vtp_export.precision.agreement import matched_rows, set_overlap
 
 pytestmark = pytest.mark.slow
 

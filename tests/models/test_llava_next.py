@@ -8,13 +8,13 @@ from PIL import Image
 from transformers import LlavaNextForConditionalGeneration, LlavaNextImageProcessorPil
 
 from vtp_export.checkpoint.load import load_vision_stack
+from vtp_export.checkpoint.locate import read_model_config
+from vtp_export.contract import WeightsFolder
 from vtp_export.errors import UsageError
+from vtp_export.export.graph import VisionGraph
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
 from vtp_export.models.clip import clip_image_processor_settings
-from vtp_export.export.graph import VisionGraph
-from vtp_export.checkpoint.locate import read_model_config
-from vtp_export.contract import WeightsFolder
 
 NEXT, TINY = MODELS.get("llava-next"), MODELS.get("llava-next-tiny")
 

@@ -11,9 +11,9 @@ from vtp_export.cli import main
 from vtp_export.errors import UsageError, WeightsError
 from vtp_export.export.job import export
 from vtp_export.export.plan import ExportRequest
-from vtp_export.onnx.names import CONFIG_JSON
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
+from vtp_export.onnx.names import CONFIG_JSON
 
 QWEN, TINY = MODELS.get("qwen2.5-vl"), MODELS.get("qwen2.5-vl-tiny")
 REFUSED = {

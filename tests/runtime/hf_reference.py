@@ -9,13 +9,13 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from vtp_export.checkpoint.load import load_clip_text, load_vision_stack
-from vtp_export.onnx.names import NUM_VALID
-from vtp_export.methods import METHODS
-from vtp_export.models.tokenizer import clip_input_ids
-from vtp_export.towers.clip import ClipTextEncoder
-from vtp_export.export.graph import VisionGraph
 from vtp_export.checkpoint.locate import read_model_config
 from vtp_export.contract import WeightsFolder
+from vtp_export.export.graph import VisionGraph
+from vtp_export.methods import METHODS
+from vtp_export.models.tokenizer import clip_input_ids
+from vtp_export.onnx.names import NUM_VALID
+from vtp_export.towers.clip import ClipTextEncoder
 
 
 def hf_ids_with_pruning(hf, model, checkpoint: Path, method_name: str, keep: int, image: np.ndarray, question: str,

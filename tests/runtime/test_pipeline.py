@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
+from tests.runtime.hf_reference import exports_on_demand, hf_ids_with_pruning
 from vtp_export.cli import main
 from vtp_export.errors import PipelineError
-from vtp_export.onnx.names import NUM_VALID
 from vtp_export.methods import METHODS
-from tests.runtime.hf_reference import exports_on_demand, hf_ids_with_pruning
 from vtp_export.models import MODELS
+from vtp_export.onnx.names import NUM_VALID
 from vtp_export.runtime import Pipeline
 
 pytestmark = pytest.mark.slow

@@ -16,13 +16,13 @@ import pytest
 from tests.llm_files import assert_transformers_choices, stand_in_tokenizer_folder, tiny_llm
 from vtp_export.cli import main
 from vtp_export.errors import PipelineError
-from vtp_export.runtime.llm.gguf import export_llm, write_gguf
-from vtp_export.onnx.names import CONFIG_JSON
-from vtp_export.runtime.profile import profile_export
-from vtp_export.records.export import read_export
-from vtp_export.records.codec import write_json
-from vtp_export.runtime import Pipeline
 from vtp_export.models.tokenizer import stand_in_llama_tokenizer
+from vtp_export.onnx.names import CONFIG_JSON
+from vtp_export.records.codec import write_json
+from vtp_export.records.export import read_export
+from vtp_export.runtime import Pipeline
+from vtp_export.runtime.llm.gguf import export_llm, write_gguf
+from vtp_export.runtime.profile import profile_export
 
 pytestmark = [pytest.mark.slow, pytest.mark.llama]
 

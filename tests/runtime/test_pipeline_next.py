@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlavaNextForConditionalGeneration
 
+from tests.runtime.hf_reference import exports_on_demand, hf_ids_with_pruning
 from vtp_export.errors import PipelineError
 from vtp_export.export.job import export
 from vtp_export.export.plan import ExportRequest
 from vtp_export.methods import METHODS
-from tests.runtime.hf_reference import exports_on_demand, hf_ids_with_pruning
 from vtp_export.models import MODELS
 from vtp_export.runtime import Pipeline
 

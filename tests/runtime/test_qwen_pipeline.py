@@ -10,12 +10,12 @@ from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen
 
 from tests.runtime.hf_reference import exports_on_demand
 from vtp_export.checkpoint.load import load_vision_stack
+from vtp_export.checkpoint.locate import read_model_config
+from vtp_export.contract import WeightsFolder
+from vtp_export.export.graph import VisionGraph
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
 from vtp_export.runtime import Pipeline
-from vtp_export.export.graph import VisionGraph
-from vtp_export.checkpoint.locate import read_model_config
-from vtp_export.contract import WeightsFolder
 
 pytestmark = pytest.mark.slow
 

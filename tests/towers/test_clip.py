@@ -5,13 +5,13 @@ import torch
 from transformers import CLIPModel, LlavaForConditionalGeneration
 
 from vtp_export.checkpoint.load import load_clip_text, load_vision_stack
+from vtp_export.checkpoint.locate import read_model_config
+from vtp_export.contract import WeightsFolder
+from vtp_export.export.graph import VisionGraph
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
 from vtp_export.onnx.inputs import random_input_ids, random_pixel_values
 from vtp_export.towers.clip import ClipTextEncoder, FullWidthClsRow, full_width_cls_attention
-from vtp_export.export.graph import VisionGraph
-from vtp_export.checkpoint.locate import read_model_config
-from vtp_export.contract import WeightsFolder
 
 LLAVA15 = MODELS.get("llava15")
 

@@ -8,11 +8,11 @@ from transformers.vision_utils import get_vision_window_index
 
 from tests.methods import reference
 from vtp_export.checkpoint.load import load_vision_stack
+from vtp_export.checkpoint.locate import read_model_config
+from vtp_export.contract import WeightsFolder
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
 from vtp_export.towers.qwen import window_layout
-from vtp_export.checkpoint.locate import read_model_config
-from vtp_export.contract import WeightsFolder
 
 QWEN = MODELS.get("qwen2.5-vl")
 # 448x448: 4x4 windows, no padding; 224x336: 2x3 windows; 392x280: 14x10 units, partial windows at the edges.

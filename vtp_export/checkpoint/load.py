@@ -12,14 +12,12 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from vtp_export.checkpoint.locate import read_clip_config, weight_files
+from vtp_export.contract import ClipText, RandomWeights, VisionStack, WeightsFolder, WeightsSource
 from vtp_export.errors import WeightsError
 from vtp_export.models.base import VisionLanguageModel
-from vtp_export.contract import VisionStack
 from vtp_export.models.clip import clip_text_key
-from vtp_export.contract import ClipText
 from vtp_export.towers.clip import build_clip_text
-from vtp_export.checkpoint.locate import read_clip_config, weight_files
-from vtp_export.contract import RandomWeights, WeightsFolder, WeightsSource
 
 
 def copy_tensors(folder: Path, slots: dict[str, torch.Tensor], target: Callable[[str], str | None], what: str) -> None:

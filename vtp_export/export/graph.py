@@ -6,9 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from vtp_export.contract import ClusterMerge, MeanOfRest, NeighbourMerge, Selection, Stream, VisionFeatures, VisionStack
-from vtp_export.onnx.names import DEEPSTACK_EMBEDS, TEXT_CONDITIONED_VISION_INPUTS, VISION_INPUTS, VISION_OUTPUTS
 from vtp_export.methods.base import PruningMethod
 from vtp_export.models.base import VisionLanguageModel
+from vtp_export.onnx.names import DEEPSTACK_EMBEDS, TEXT_CONDITIONED_VISION_INPUTS, VISION_INPUTS, VISION_OUTPUTS
 from vtp_export.ops import gather_rows
 
 

@@ -13,31 +13,37 @@ import torch
 import transformers
 
 from vtp_export import __version__
-from vtp_export.onnx.names import INPUT_IDS, PIXEL_VALUES, PRODUCER, TEXT_EMBEDS, TEXT_INPUTS, TEXT_ONNX, TEXT_OUTPUTS, VISION_ONNX
-from vtp_export.util.memory import return_large_blocks_at_once
-from vtp_export.trt.lint import lint_graph
+from vtp_export.checkpoint.load import load_stack
+from vtp_export.contract import RandomWeights
+from vtp_export.export.graph import VisionGraph
+from vtp_export.export.plan import ExportRequest, Plan, Progress, plan_export
+from vtp_export.export.runtime_files import write_runtime_files
+from vtp_export.export.verify import (
+    CANDIDATES_PER_SAMPLE, compare_with_onnxruntime, determined_references, torch_outputs,
+)
 from vtp_export.onnx.export import export_onnx
-from vtp_export.records.folder import staged_folder
+from vtp_export.onnx.inputs import Arrays, random_input_ids, verification_inputs
+from vtp_export.onnx.names import (
+    INPUT_IDS, PIXEL_VALUES, PRODUCER, TEXT_EMBEDS, TEXT_INPUTS, TEXT_ONNX, TEXT_OUTPUTS, VISION_ONNX,
+)
+from vtp_export.onnx.signature import graph_signature
 from vtp_export.precision.calibration import calibration_inputs
 from vtp_export.precision.fidelity import measure_fidelity
 from vtp_export.precision.transforms import (
     LOW_PRECISIONS, QUANTIZED_PRECISIONS, apply_precision, engine_precision, float32_nodes,
 )
-from vtp_export.trt.recipe import BUILD_SCRIPT, write_build_script
-from vtp_export.records.export import EXPORT_SCHEMA, DeviceBuild, ExportRecord, GraphRecord, MethodRecord, ModelRecord, TensorSpec
 from vtp_export.records.codec import sha256, write_json
+from vtp_export.records.export import (
+    EXPORT_SCHEMA, DeviceBuild, ExportRecord, GraphRecord, MethodRecord, ModelRecord, TensorSpec,
+)
+from vtp_export.records.folder import staged_folder
 from vtp_export.records.graph import GraphPrecision, LoweredGraph, QuantizedGraph
-from vtp_export.onnx.signature import graph_signature
 from vtp_export.targets import TARGETS
-from vtp_export.trt.parser import check_with_tensorrt_parser
 from vtp_export.towers.clip import ClipTextEncoder
-from vtp_export.onnx.inputs import Arrays, random_input_ids, verification_inputs
-from vtp_export.export.verify import CANDIDATES_PER_SAMPLE, compare_with_onnxruntime, determined_references, torch_outputs
-from vtp_export.export.graph import VisionGraph
-from vtp_export.contract import RandomWeights
-from vtp_export.checkpoint.load import load_stack
-from vtp_export.export.runtime_files import write_runtime_files
-from vtp_export.export.plan import ExportRequest, Plan, Progress, plan_export
+from vtp_export.trt.lint import lint_graph
+from vtp_export.trt.parser import check_with_tensorrt_parser
+from vtp_export.trt.recipe import BUILD_SCRIPT, write_build_script
+from vtp_export.util.memory import return_large_blocks_at_once
 
 
 @dataclass

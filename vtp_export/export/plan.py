@@ -5,21 +5,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
+from vtp_export.checkpoint.locate import locate_clip_weights, locate_weights, read_clip_config, read_model_config
+from vtp_export.contract import WeightsSource
 from vtp_export.errors import UsageError
 from vtp_export.methods import METHODS
 from vtp_export.methods.base import PruningMethod
 from vtp_export.models import MODELS
 from vtp_export.models.base import VisionLanguageModel
+from vtp_export.precision.transforms import QUANTIZED_PRECISIONS, engine_precision
 from vtp_export.records.folder import check_writable
-from vtp_export.precision.transforms import (
-    QUANTIZED_PRECISIONS, engine_precision,
-)
 from vtp_export.targets import TARGETS
 from vtp_export.toolchains import labels
-from vtp_export.checkpoint.locate import locate_clip_weights, locate_weights, read_clip_config, read_model_config
-from vtp_export.contract import WeightsSource
-
 
 TENSORRT_CHECKS = ("parse", "build")
 

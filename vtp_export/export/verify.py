@@ -10,11 +10,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from vtp_export.precision.agreement import matched_rows, set_overlap
 from vtp_export.errors import IndexMismatchError, ShapeMismatchError, ToleranceError
+from vtp_export.onnx.inputs import Arrays
 from vtp_export.onnx.names import DEEPSTACK_EMBEDS, IMAGE_EMBEDS, TOKEN_INDEX
 from vtp_export.onnx.sessions import onnxruntime_session
-from vtp_export.onnx.inputs import Arrays
+from vtp_export.precision.agreement import matched_rows, set_overlap
 from vtp_export.records.export import Verification
 
 if TYPE_CHECKING:

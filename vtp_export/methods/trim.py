@@ -20,8 +20,8 @@ from torch import Tensor, nn
 
 from vtp_export.contract import NO_SOURCE, Geometry, MeanOfRest, Selection, Signal, Stream, VisionFeatures
 from vtp_export.errors import UsageError
-from vtp_export.onnx.names import NUM_VALID, VISION_OUTPUTS
 from vtp_export.methods.base import METHODS, MethodOption, PruningMethod
+from vtp_export.onnx.names import NUM_VALID, VISION_OUTPUTS
 from vtp_export.ops import for_scoring, smallest_indices, top_indices
 
 COUNTS = ("fixed", "iqr")

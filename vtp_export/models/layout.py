@@ -7,8 +7,8 @@ import torch
 from torch import Tensor, nn
 
 from vtp_export.contract import Geometry, Selection, VisionFeatures
-from vtp_export.ops import gather_rows, smallest_indices
 from vtp_export.models.token_index import encode_token_index
+from vtp_export.ops import gather_rows, smallest_indices
 
 
 def anyres_sequence(geometry: Geometry) -> tuple[Tensor, Tensor]:

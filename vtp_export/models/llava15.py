@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vtp_export.models.base import VisionLanguageModel, register
 from vtp_export.contract import Geometry, VisionStack
+from vtp_export.models.base import VisionLanguageModel, register
 from vtp_export.models.clip import (
     CLIP_SIGNALS, clip_config, clip_geometry, clip_l336_text, clip_l336_vision, clip_preprocess, llava_vision_key,
     tiny_text, tiny_vision,

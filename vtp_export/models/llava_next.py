@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from vtp_export.contract import Geometry, VisionStack
 from vtp_export.errors import UsageError, WeightsError
 from vtp_export.models.base import ModelOption, parse_size, register
-from vtp_export.contract import Geometry, VisionStack
 from vtp_export.models.clip import clip_geometry, clip_image_processor_settings
 from vtp_export.models.llava15 import Llava15, ToyWidth, tiny_llama_text
 from vtp_export.models.token_index import decode_token_index

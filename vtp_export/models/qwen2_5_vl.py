@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from vtp_export.contract import TENSORRT_MAX_TOPK_K, Geometry, Signal, VisionStack
 from vtp_export.errors import UsageError, WeightsError
 from vtp_export.models.base import ModelOption, VisionLanguageModel, parse_size, register
-from vtp_export.contract import Geometry, Signal, VisionStack
 from vtp_export.models.clip import CLIP_MEAN, CLIP_STD
-from vtp_export.contract import TENSORRT_MAX_TOPK_K
 
 if TYPE_CHECKING:
     import numpy as np

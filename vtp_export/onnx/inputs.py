@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from vtp_export.onnx.names import PIXEL_VALUES
 from vtp_export.contract import Geometry
 from vtp_export.models.clip import CLIP_MEAN, CLIP_STD
+from vtp_export.onnx.names import PIXEL_VALUES
 
 Arrays = dict[str, np.ndarray]  # one sample's graph inputs or outputs by name
 

@@ -11,6 +11,7 @@ from google.protobuf.message import DecodeError
 
 from vtp_export.errors import RecordError
 
+
 def value_signature(value: onnx.ValueInfoProto) -> dict:
     tensor = value.type.tensor_type
     shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.shape.dim]

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vtp_export.errors import UsageError
-from vtp_export.onnx.names import PIXEL_VALUES, TEXT_EMBEDS
-from vtp_export.models.base import VisionLanguageModel
 from vtp_export.contract import Geometry
+from vtp_export.errors import UsageError
+from vtp_export.models.base import VisionLanguageModel
 from vtp_export.onnx.inputs import Arrays, random_pixel_values
+from vtp_export.onnx.names import PIXEL_VALUES, TEXT_EMBEDS
 from vtp_export.util.images import load_image
 
 RANDOM = "random"

@@ -18,10 +18,10 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from vtp_export.errors import PrecisionError
-from vtp_export.onnx.names import IMAGE_EMBEDS, TEXT_EMBEDS, TOKEN_INDEX
-from vtp_export.precision.agreement import matched_rows, set_overlap
-from vtp_export.onnx.sessions import session_options
 from vtp_export.onnx.inputs import Arrays
+from vtp_export.onnx.names import IMAGE_EMBEDS, TEXT_EMBEDS, TOKEN_INDEX
+from vtp_export.onnx.sessions import session_options
+from vtp_export.precision.agreement import matched_rows, set_overlap
 from vtp_export.records.graph import Fidelity, FidelityTarget
 
 # fp16 / bf16 graphs keep the score path float32, so token choices should not flip (issue 13); int8 and fp8

@@ -26,8 +26,8 @@ import onnx
 
 from vtp_export.errors import PrecisionError, UsageError
 from vtp_export.records.graph import FlagPrecision, GraphPrecision, LoweredGraph, QuantizedGraph
-from vtp_export.util.quiet import quiet
 from vtp_export.targets import Target
+from vtp_export.util.quiet import quiet
 
 LOW_PRECISIONS = ("fp16", "bf16")
 QUANTIZED_PRECISIONS = ("int8", "fp8")

@@ -1,7 +1,7 @@
-"""JSON <-> the typed records (dataclasses): encoding, checked decoding with one-line errors, versioned reads, atomic writes, file digests."""
+"""JSON <-> the typed records (dataclasses): encoding, checked decoding with one-line errors, versioned reads,
+atomic writes, file digests."""
 
 from __future__ import annotations
-
 
 import dataclasses
 import hashlib
@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from vtp_export import __version__
+from vtp_export.contract import RandomWeights, WeightsFolder, WeightsSource, weights_from_record
 from vtp_export.errors import RecordError
 from vtp_export.onnx.names import PRODUCER
 from vtp_export.util.files import current_umask
-from vtp_export.contract import RandomWeights, WeightsFolder, WeightsSource, weights_from_record
-
 
 ABSENT_IF_NONE = "vtp_export.absent_if_none"
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 from dataclasses import dataclass
 from pathlib import Path
+
 from vtp_export.onnx.names import CONFIG_JSON
 from vtp_export.records.codec import load_json, optional_key, parse_record
 from vtp_export.records.export import Verification
-
 
 ENGINE_SCHEMA = "vtp-export.engine/1"
 

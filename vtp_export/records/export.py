@@ -1,23 +1,21 @@
-"""config.json of an export folder: typed, versioned, and checked against the folder before it is used (every file present, of its recorded sha256, each graph's I/O as recorded)."""
+"""config.json of an export folder: typed, versioned, and checked against the folder before it is used (every
+file present, of its recorded sha256, each graph's I/O as recorded)."""
 
 from __future__ import annotations
-
 
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from vtp_export.contract import Geometry, WeightsSource
 from vtp_export.errors import RecordError
 from vtp_export.models.base import VisionLanguageModel
-from vtp_export.onnx.signature import load_graph, value_signature
 from vtp_export.onnx.names import CONFIG_JSON, TOKEN_INDEX
-from vtp_export.contract import Geometry
-from vtp_export.targets import Target
-from vtp_export.contract import WeightsSource
+from vtp_export.onnx.signature import load_graph, value_signature
 from vtp_export.records.codec import encode, load_json, parse_record, sha256, write_json
 from vtp_export.records.graph import GraphPrecision, LintResult, ParserCheck
-
+from vtp_export.targets import Target
 
 EXPORT_SCHEMA = "vtp-export.export/3"  # 3: the runtime's files travel in the folder (runtime_files)
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vtp_export.errors import OutputFolderError
-from vtp_export.util.files import current_umask
 from vtp_export.onnx.names import CONFIG_JSON, PRODUCER
+from vtp_export.util.files import current_umask
 
 # Lists what vtp-export wrote in a folder of its kind (config.json included), or None for a foreign folder.
 OwnFiles = Callable[[Path], list[str] | None]

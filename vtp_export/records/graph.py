@@ -4,7 +4,6 @@ parser check, and the precision transform with its fidelity (config.json's graph
 
 from __future__ import annotations
 
-
 from dataclasses import dataclass
 
 from vtp_export.records.codec import optional_key

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-
 from dataclasses import dataclass
 from pathlib import Path
-from vtp_export.records.codec import load_json, optional_key, parse_record
 
+from vtp_export.records.codec import load_json, optional_key, parse_record
 
 PROFILE_SCHEMA = "vtp-export.profile/2"
 

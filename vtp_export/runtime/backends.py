@@ -7,12 +7,12 @@ from typing import Protocol
 
 import numpy as np
 
-from vtp_export.trt.device import check_engine_matches, this_device
 from vtp_export.errors import EngineMismatchError, PipelineError, RecordError
 from vtp_export.onnx.names import CONFIG_JSON, ENGINE_FOLDER
 from vtp_export.onnx.sessions import available_providers, onnxruntime_session
-from vtp_export.records.export import ExportRecord
 from vtp_export.records.engine import read_engine_record
+from vtp_export.records.export import ExportRecord
+from vtp_export.trt.device import check_engine_matches, this_device
 from vtp_export.trt.recipe import engine_name
 
 Arrays = dict[str, np.ndarray]

@@ -26,9 +26,9 @@ from vtp_export.records.export import (
     CLIP_TOKENIZER_FOLDER, IMAGE_NEWLINE_FILE, ExportRecord, read_export, runtime_config,
 )
 from vtp_export.runtime.backends import VisionBackend, open_backend
-from vtp_export.util.images import ImageInput, load_image
-from vtp_export.runtime.llm.protocol import POSITION_POLICIES, LanguageModelBackend, LlmRequest, Segment
 from vtp_export.runtime.llm.backends import DEFAULT_LLM_BACKEND, LLM_BACKENDS, LlmBackend, llm_backend
+from vtp_export.runtime.llm.protocol import POSITION_POLICIES, LanguageModelBackend, LlmRequest, Segment
+from vtp_export.util.images import ImageInput, load_image
 
 IMAGE_SIZES = "image_sizes"  # (height, width) of each original image, beside the vision graph's outputs
 

@@ -28,19 +28,19 @@ import numpy as np
 
 from vtp_export import __version__
 from vtp_export.contract import WeightsFolder
-from vtp_export.trt.device import this_device
 from vtp_export.errors import UsageError
-from vtp_export.onnx.names import PIXEL_VALUES, PRODUCER, TEXT_EMBEDS
 from vtp_export.models import MODELS
+from vtp_export.onnx.names import PIXEL_VALUES, PRODUCER, TEXT_EMBEDS
 from vtp_export.onnx.sessions import cpu_threads
+from vtp_export.records.codec import write_json
 from vtp_export.records.folder import staged_folder
 from vtp_export.records.profile import (
-    JetsonState, LlmInfo, MachineGpu, MachineLoad, MachineRecord, MemoryUse, PROFILE_SCHEMA, Profile, ProfileReport,
-    ProfiledExport, StageStats, SummaryRow, TokenCounts, read_report,
+    PROFILE_SCHEMA, JetsonState, LlmInfo, MachineGpu, MachineLoad, MachineRecord, MemoryUse, Profile, ProfiledExport,
+    ProfileReport, StageStats, SummaryRow, TokenCounts, read_report,
 )
-from vtp_export.records.codec import write_json
 from vtp_export.runtime.llm.backends import DEFAULT_LLM_BACKEND
 from vtp_export.runtime.pipeline import Pipeline
+from vtp_export.trt.device import this_device
 
 QUESTION = "Describe the scene in detail, including every object, its position and its colour."
 STAGES = ("preprocess", "text_graph", "vision_graph", "pruning_stage", "prefill", "decode_per_token")
@@ -138,7 +138,8 @@ def machine_load(before: tuple[int, int] | None, threads: int) -> MachineLoad:
     if before is not None and after is not None and after[0] > before[0]:
         steal = 100.0 * (after[1] - before[1]) / (after[0] - before[0])
     other = max(load - threads, 0.0)
-    return MachineLoad(round(other, 2), round(steal, 2), other > BUSY_LOAD * (os.cpu_count() or 1) or steal > BUSY_STEAL_PERCENT)
+    busy = other > BUSY_LOAD * (os.cpu_count() or 1) or steal > BUSY_STEAL_PERCENT
+    return MachineLoad(round(other, 2), round(steal, 2), busy)
 
 
 def profile_export(folder: Path, runs: int = 10, warmup: int = 2, duration_s: float | None = None,
@@ -295,7 +296,8 @@ def sweep_summary(profiles: list[Profile]) -> list[SummaryRow]:
             label=p.export.label, method=p.export.method, keep=p.export.keep, visual_tokens=p.tokens.visual,
             prompt_tokens=p.tokens.prompt, vision_graph_ms=p.stages["vision_graph"].p50_ms, pruning_stage_ms=pruning,
             prefill_ms=prefill.p50_ms, prefill_p10_p90_ms=[prefill.min_ms, prefill.p90_ms],
-            prefill_std_ms=prefill.std_ms, decode_ms_per_token=p.stages["decode_per_token"].p50_ms, busy_machine=p.load.busy, **ratios))
+            prefill_std_ms=prefill.std_ms, decode_ms_per_token=p.stages["decode_per_token"].p50_ms,
+            busy_machine=p.load.busy, **ratios))
     return rows
 
 

@@ -4,14 +4,14 @@ reference backend (and the pruning stage of profiles)."""
 from pathlib import Path
 
 from vtp_export.checkpoint.load import load_stack
-from vtp_export.onnx.names import TEXT_OUTPUTS
+from vtp_export.checkpoint.locate import read_model_config
+from vtp_export.export.graph import VisionGraph
+from vtp_export.export.verify import torch_outputs
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
+from vtp_export.onnx.names import TEXT_OUTPUTS
 from vtp_export.records.export import ExportRecord
 from vtp_export.towers.clip import ClipTextEncoder
-from vtp_export.export.verify import torch_outputs
-from vtp_export.export.graph import VisionGraph
-from vtp_export.checkpoint.locate import read_model_config
 
 Arrays = dict
 

@@ -12,12 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import CLIPConfig, CLIPTextModelWithProjection
 
+from vtp_export.contract import ClipText, MethodRequirements, Signal, VisionFeatures, VisionStack, WeightsSource
 from vtp_export.errors import ExportError
-from vtp_export.contract import MethodRequirements
-from vtp_export.contract import VisionFeatures
-from vtp_export.contract import Signal, VisionStack
-from vtp_export.contract import ClipText
-from vtp_export.contract import WeightsSource
 
 
 def build_clip_text(clip: CLIPConfig, source: WeightsSource) -> ClipText:

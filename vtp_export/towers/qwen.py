@@ -30,9 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from vtp_export.contract import MethodRequirements
-from vtp_export.contract import VisionFeatures
-from vtp_export.contract import Signal, VisionStack
+from vtp_export.contract import MethodRequirements, Signal, VisionFeatures, VisionStack
 
 MASK_VALUE = -1e4  # additive mask of pad keys: exp underflows to exactly 0 in float32, finite in fp16
 

@@ -20,23 +20,23 @@ from types import ModuleType
 import numpy as np
 
 from vtp_export import __version__
-from vtp_export.trt.device import Device, this_device
 from vtp_export.errors import BuildError, UsageError
+from vtp_export.onnx.inputs import pixel_shape, random_input_ids
 from vtp_export.onnx.names import (
     CONFIG_JSON, ENGINE_FOLDER, IMAGE_EMBEDS, INPUT_IDS, MAX_DYNAMIC_BATCH, PRODUCER, TEXT_EMBEDS, TOKEN_INDEX,
 )
-from vtp_export.util.interrupts import deferred_interrupt
-from vtp_export.records.folder import staged_folder
-from vtp_export.precision.transforms import engine_precision, float32_nodes, graph_precision
-from vtp_export.records.export import DeviceBuild, ExportRecord, GraphRecord, read_export, update_export
-from vtp_export.records.engine import ENGINE_SCHEMA, EngineFile, EngineFlags, EngineRecord, GpuRecord, Parity
-from vtp_export.records.codec import sha256, write_json
-from vtp_export.trt.recipe import BUILD_SCRIPT, TIMING_CACHE, engine_name, write_build_script
-from vtp_export.targets import TARGETS, Target
-from vtp_export.trt.parser import progress_monitor
-from vtp_export.toolchains import labels
 from vtp_export.precision.agreement import matched_rows, set_overlap
-from vtp_export.onnx.inputs import pixel_shape, random_input_ids
+from vtp_export.precision.transforms import engine_precision, float32_nodes, graph_precision
+from vtp_export.records.codec import sha256, write_json
+from vtp_export.records.engine import ENGINE_SCHEMA, EngineFile, EngineFlags, EngineRecord, GpuRecord, Parity
+from vtp_export.records.export import DeviceBuild, ExportRecord, GraphRecord, read_export, update_export
+from vtp_export.records.folder import staged_folder
+from vtp_export.targets import TARGETS, Target
+from vtp_export.toolchains import labels
+from vtp_export.trt.device import Device, this_device
+from vtp_export.trt.parser import progress_monitor
+from vtp_export.trt.recipe import BUILD_SCRIPT, TIMING_CACHE, engine_name, write_build_script
+from vtp_export.util.interrupts import deferred_interrupt
 
 # fp16 engine against the fp32 graph: what "agrees" means (recorded, not enforced: fp16 near-ties flip choices).
 FP16_TOLERANCE = {"atol": 5e-2, "rtol": 5e-2}

@@ -1,1 +1,2 @@
-"""Plain utilities with no knowledge of models or graphs: files, quiet third-party output, interrupts, images, memory."""
+"""Plain utilities with no knowledge of models or graphs: files, quiet third-party output, interrupts, images,
+memory."""

@@ -1,1 +1,2 @@
-"""The LLM half of the runtime: the backend protocol, the registry of backends, transformers, llama.cpp, GGUF conversion."""
+"""The LLM half of the runtime: the backend protocol, the registry of backends, transformers, llama.cpp, GGUF
+conversion."""

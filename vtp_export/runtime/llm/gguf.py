@@ -20,14 +20,14 @@ try:
 except ImportError:  # the [llama] extra; the rest of vtp-export runs without it
     gguf = None
 
-from vtp_export.util.quiet import quiet
+from vtp_export.contract import WeightsFolder
 from vtp_export.errors import ExportError, UsageError, VtpError, WeightsError
 from vtp_export.models import MODELS
-from vtp_export.util.files import current_umask
-from vtp_export.records.export import RUNTIME_FOLDER, LlmFile, read_export, runtime_config, update_export
 from vtp_export.records.codec import sha256
+from vtp_export.records.export import RUNTIME_FOLDER, LlmFile, read_export, runtime_config, update_export
 from vtp_export.runtime.llm.transformers import TransformersLanguageModel
-from vtp_export.contract import WeightsFolder
+from vtp_export.util.files import current_umask
+from vtp_export.util.quiet import quiet
 
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 # The source of a random-weight byte-level tokenizer has no merges, but llama.cpp requires the merges key of

@@ -12,13 +12,12 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
 
+from vtp_export.checkpoint.locate import read_config_json
+from vtp_export.contract import Geometry, WeightsFolder
 from vtp_export.errors import PipelineError
 from vtp_export.models import MODELS
 from vtp_export.models.base import VisionLanguageModel
-from vtp_export.contract import Geometry
 from vtp_export.runtime.llm.protocol import Generated, LlmRequest, OnToken, Segment, check_fits_memory
-from vtp_export.checkpoint.locate import read_config_json
-from vtp_export.contract import WeightsFolder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -41,10 +40,10 @@ def open_llm(request: LlmRequest) -> "TransformersLanguageModel":
     if request.llm_layers is not None:
         raise PipelineError("--llm-layers cuts a random LLM; this export's LLM comes from a checkpoint")
     if request.llm is None and not weights.path.is_dir():
-        raise PipelineError(f"{request.folder}: its LLM is the checkpoint {weights.path}, which is not on this machine: "
-                            f"pass --llm FOLDER (a {model.name} checkpoint), or convert the LLM into the export folder "
-                            f"(vtp-export llm {request.folder} --format gguf --llm FOLDER) and run it with "
-                            "--llm-backend llama.cpp")
+        raise PipelineError(f"{request.folder}: its LLM is the checkpoint {weights.path}, which is not on this "
+                            f"machine: pass --llm FOLDER (a {model.name} checkpoint), or convert the LLM into the "
+                            f"export folder (vtp-export llm {request.folder} --format gguf --llm FOLDER) and run it "
+                            "with --llm-backend llama.cpp")
     return TransformersLanguageModel.from_checkpoint(model, Path(request.llm or weights.path), record.model.geometry,
                                                      request.device, request.dtype)
 
