@@ -13,7 +13,7 @@ size and then runs HF's own Qwen2-VL image processor on it, which leaves a size 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from vtp_export.contract import TENSORRT_MAX_TOPK_K, Geometry, Signal, VisionStack
 from vtp_export.errors import UsageError, WeightsError
@@ -23,7 +23,6 @@ from vtp_export.models.clip import CLIP_MEAN, CLIP_STD
 if TYPE_CHECKING:
     import numpy as np
     from torch import nn
-    from transformers import Qwen2_5_VLConfig
 
     from vtp_export.contract import MethodRequirements
 
@@ -96,6 +95,8 @@ class Qwen25VL(VisionLanguageModel):
     default_position_ids = "original"
     hf_class = "Qwen2_5_VLForConditionalGeneration"
     canonical_repo = "Qwen/Qwen2.5-VL-3B-Instruct"
+    config_class: ClassVar[str] = "Qwen2_5_VLConfig"  # transformers' config class of the checkpoints
+    family: ClassVar[str] = "Qwen2.5-VL"
     options = (ModelOption("image_size", "image size HxW fixed at export, multiples of 28", DEFAULT_IMAGE_SIZE),)
 
     def vision_settings(self) -> dict:
@@ -104,28 +105,35 @@ class Qwen25VL(VisionLanguageModel):
     def text_settings(self) -> dict:
         return text_3b()
 
-    def default_config(self) -> Qwen2_5_VLConfig:
-        from transformers import Qwen2_5_VLConfig
+    def default_config(self) -> Any:
+        import transformers
 
-        return Qwen2_5_VLConfig(vision_config=self.vision_settings(), text_config=self.text_settings(),
-                                image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
-                                vision_end_token_id=151653, tie_word_embeddings=True)
+        return getattr(transformers, self.config_class)(
+            vision_config=self.vision_settings(), text_config=self.text_settings(), image_token_id=151655,
+            video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653, tie_word_embeddings=True)
 
-    def config_from_dict(self, raw: dict) -> Qwen2_5_VLConfig:
-        from transformers import Qwen2_5_VLConfig
+    def config_from_dict(self, raw: dict) -> Any:
+        import transformers
 
-        return Qwen2_5_VLConfig.from_dict(raw)
+        return getattr(transformers, self.config_class).from_dict(raw)
+
+    def check_vision(self, vision: Any) -> None:
+        """WeightsError for a vision config the static tower cannot export, beyond the checks all Qwen towers share."""
+
+    def image_size(self, options: dict[str, str], unit: int) -> tuple[int, int]:
+        return image_size(self.resolved_options(options)["image_size"], unit)
 
     def geometry(self, config: Any, options: dict[str, str]) -> Geometry:
         vision = config.vision_config
         if vision.temporal_patch_size != 2 or vision.spatial_merge_size != 2:
             raise WeightsError(f"temporal_patch_size={vision.temporal_patch_size}, spatial_merge_size="
-                               f"{vision.spatial_merge_size}: only Qwen2.5-VL's 2 and 2 are supported")
+                               f"{vision.spatial_merge_size}: only {self.family}'s 2 and 2 are supported")
         if vision.out_hidden_size != config.text_config.hidden_size:
             raise WeightsError(f"the merger's width {vision.out_hidden_size} differs from the LLM's "
                                f"{config.text_config.hidden_size}")
+        self.check_vision(vision)
         unit = vision.patch_size * vision.spatial_merge_size
-        height, width = image_size(self.resolved_options(options)["image_size"], unit)
+        height, width = self.image_size(options, unit)
         merge = vision.spatial_merge_size ** 2
         return Geometry(
             image_height=height, image_width=width, grid_rows=height // unit, grid_cols=width // unit,

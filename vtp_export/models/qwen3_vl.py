@@ -30,7 +30,6 @@ from vtp_export.models.qwen2_5_vl import Qwen25VL, image_size, qwen_preprocess
 if TYPE_CHECKING:
     import numpy as np
     from torch import nn
-    from transformers import Qwen3VLConfig
 
     from vtp_export.contract import MethodRequirements
 
@@ -79,6 +78,8 @@ class Qwen3VL(Qwen25VL):
     model_type = "qwen3_vl"
     hf_class = "Qwen3VLForConditionalGeneration"
     canonical_repo = "Qwen/Qwen3-VL-2B-Instruct"
+    config_class = "Qwen3VLConfig"
+    family = "Qwen3-VL"
     options = (ModelOption("image_size", "image size HxW fixed at export, multiples of 32", DEFAULT_IMAGE_SIZE),)
 
     def vision_settings(self) -> dict:
@@ -87,42 +88,17 @@ class Qwen3VL(Qwen25VL):
     def text_settings(self) -> dict:
         return text_2b()
 
-    def default_config(self) -> Qwen3VLConfig:
-        from transformers import Qwen3VLConfig
-
-        return Qwen3VLConfig(vision_config=self.vision_settings(), text_config=self.text_settings(),
-                             image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
-                             vision_end_token_id=151653, tie_word_embeddings=True)
-
-    def config_from_dict(self, raw: dict) -> Qwen3VLConfig:
-        from transformers import Qwen3VLConfig
-
-        return Qwen3VLConfig.from_dict(raw)
-
-    def geometry(self, config: Any, options: dict[str, str]) -> Geometry:
-        vision = config.vision_config
-        if vision.temporal_patch_size != 2 or vision.spatial_merge_size != 2:
-            raise WeightsError(f"temporal_patch_size={vision.temporal_patch_size}, spatial_merge_size="
-                               f"{vision.spatial_merge_size}: only Qwen3-VL's 2 and 2 are supported")
-        if vision.out_hidden_size != config.text_config.hidden_size:
-            raise WeightsError(f"the merger's width {vision.out_hidden_size} differs from the LLM's "
-                               f"{config.text_config.hidden_size}")
+    def check_vision(self, vision: Any) -> None:
         if not all(0 <= i < vision.depth for i in vision.deepstack_visual_indexes):
             raise WeightsError(f"deepstack_visual_indexes {list(vision.deepstack_visual_indexes)} are not blocks of "
                                f"the {vision.depth}-block tower")
         side = round(vision.num_position_embeddings ** 0.5)
         if side * side != vision.num_position_embeddings:
             raise WeightsError(f"num_position_embeddings={vision.num_position_embeddings} is not a square grid")
-        unit = vision.patch_size * vision.spatial_merge_size
-        height, width = image_size(self.resolved_options(options)["image_size"], unit, (2 * unit) ** 2,
-                                   f"Qwen3-VL takes at least {2 * unit}x{2 * unit} pixels (2x2 merged tokens)")
-        merge = vision.spatial_merge_size ** 2
-        return Geometry(
-            image_height=height, image_width=width, grid_rows=height // unit, grid_cols=width // unit,
-            cls_token=False, vision_width=vision.hidden_size * merge, num_heads=vision.num_heads,
-            head_dim=vision.hidden_size // vision.num_heads, llm_width=config.text_config.hidden_size,
-            feature_layer=vision.depth - 1,
-        )
+
+    def image_size(self, options: dict[str, str], unit: int) -> tuple[int, int]:
+        return image_size(self.resolved_options(options)["image_size"], unit, (2 * unit) ** 2,
+                          f"Qwen3-VL takes at least {2 * unit}x{2 * unit} pixels (2x2 merged tokens)")
 
     def build_vision(self, config: Any) -> tuple[nn.Module, nn.Module]:
         """HF's vision tower without its merger (its DeepStack mergers stay in it), and the merger as the projector
