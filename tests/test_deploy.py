@@ -98,6 +98,9 @@ def test_moved_folder_answers_without_checkpoint_or_torch(device_venv, tmp_path,
     assert any(name.startswith(f"{CLIP_TOKENIZER_FOLDER}/") for name in carried) == text_conditioned
     assert answer_ids(moved, image, llm_backend="llama.cpp", backend="onnxruntime") == expected
     assert device_answer(device_venv, moved, image) == expected
+    lint = subprocess.run([str(device_venv / "bin/vtp-export"), "lint", str(moved), "--target", "orin"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert lint.returncode == 0 and "vision.onnx: fits orin" in lint.stdout, lint.stderr
 
 
 @pytest.mark.slow

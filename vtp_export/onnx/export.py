@@ -11,6 +11,7 @@ from onnxscript.rewriter._matcher import SimplePatternMatcher
 
 from vtp_export.errors import ExportError
 from vtp_export.onnx.names import MAX_DYNAMIC_BATCH
+from vtp_export.onnx.shapes import static_value_shapes
 from vtp_export.util.quiet import quiet
 
 
@@ -43,7 +44,6 @@ def layer_norm_as_primitives(x, normalized_shape, weight=None, bias=None, eps: f
     return normalised
 
 
-BATCH_PROBE = 3  # batch size the shape check pins a dynamic batch axis to
 DYNAMO_MIN_OPSET = 18  # the dynamo exporter's lowest opset; older targets get a converted graph
 
 CUSTOM_TRANSLATIONS = {torch.ops.aten.sort.stable: stable_sort_as_topk}
@@ -128,30 +128,6 @@ def check_static_shapes(path: Path, dynamic_batch: bool) -> None:
     for node in model.graph.node:
         if node.op_type == "NonZero":
             raise ExportError(f"graph has a NonZero node ({node.name}): data-dependent shape")
-
-
-def static_value_shapes(model: onnx.ModelProto, dynamic_batch: bool) -> dict[str, list[int]]:
-    """Shape of every value; ExportError naming the producing node for any value whose shape is not static.
-
-    A dynamic batch reaches Reshape targets through Shape ops, so the batch axis is pinned to a probe
-    size first and shapes are inferred with data propagation: static-but-for-batch graphs resolve fully.
-    """
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    if dynamic_batch:
-        for value in model.graph.input:
-            value.type.tensor_type.shape.dim[0].dim_value = BATCH_PROBE
-        del model.graph.value_info[:]
-    graph = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
-    shapes = {}
-    for value in [*graph.input, *graph.output, *graph.value_info]:
-        dims = value.type.tensor_type.shape.dim
-        for axis, dim in enumerate(dims):
-            if not dim.HasField("dim_value"):
-                producer = next((n for n in graph.node if value.name in n.output), None)
-                source = f" (from node {producer.name!r}, {producer.op_type})" if producer else ""
-                raise ExportError(f"graph value {value.name!r}{source} has a non-static axis {axis}")
-        shapes[value.name] = [d.dim_value for d in dims]
-    return shapes
 
 
 def first_line(error: BaseException) -> str:

@@ -11,7 +11,7 @@ import onnx
 from onnx import numpy_helper
 
 from vtp_export.errors import TargetConstraintError
-from vtp_export.onnx.export import static_value_shapes
+from vtp_export.onnx.shapes import static_value_shapes
 from vtp_export.records.graph import LintResult
 from vtp_export.targets import BF16_MIN_SM, FP8_MIN_SM, Target
 
