@@ -11,7 +11,9 @@ from vtp_export.models import MODELS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# pytest-xdist runs test files on one worker per core (pyproject addopts): each worker's torch takes its share.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
 
 TINY = MODELS.get("llava15-tiny")
 
@@ -196,11 +198,32 @@ def cached_export(tmp_path_factory) -> ExportCache:
     return _CACHES[-1]
 
 
+_CACHE_TOTALS = [0, 0]  # exports made, exports saved: this process's, plus its xdist workers' on the controller
+
+
+def cache_totals() -> tuple[int, int]:
+    made = sum(len(cache.folders) for cache in _CACHES)
+    shared = sum(len(files) - 1 for cache in _CACHES for key, files in cache.files.items() if key in cache.folders)
+    return made, shared
+
+
+def pytest_sessionfinish(session):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker reports its cache to the controller
+        workeroutput["export_cache"] = cache_totals()
+
+
+def pytest_testnodedown(node, error):
+    made, shared = getattr(node, "workeroutput", {}).get("export_cache", (0, 0))
+    _CACHE_TOTALS[0] += made
+    _CACHE_TOTALS[1] += shared
+
+
 def pytest_terminal_summary(terminalreporter):
-    for cache in _CACHES:
-        shared = sum(len(files) - 1 for key, files in cache.files.items() if key in cache.folders)
-        terminalreporter.write_line(f"export cache: {len(cache.folders)} exports made, {shared} more exports "
-                                    "of the same graphs saved across test files")
+    made, shared = cache_totals()
+    made, shared = made + _CACHE_TOTALS[0], shared + _CACHE_TOTALS[1]
+    terminalreporter.write_line(f"export cache: {made} exports made, {shared} more exports of the same graphs saved "
+                                "across test files")
 
 
 def pytest_collection_modifyitems(config, items):
