@@ -13,6 +13,15 @@ from vtp_export.util.interrupts import deferred_interrupt
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True)
+def interactive_sigint():
+    """Ctrl-C as a terminal's Python has it: pytest-xdist's workers ignore SIGINT, and an ignored signal stays
+    ignored in the processes they start."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_an_interrupt_inside_is_raised_once_the_block_is_left():
     with pytest.raises(KeyboardInterrupt):
         with deferred_interrupt() as interrupted:
