@@ -27,8 +27,9 @@ def golden_exports(model: str) -> dict[str, tuple[str, dict[str, str], int | Non
     for name, (method, options) in candidates.items():
         keep = None if method == "none" else GOLDEN_KEEPS[model]
         try:
-            adapter.check_method(METHODS.get(method))
-            METHODS.get(method).create(geometry, keep, options)
+            method_class = METHODS.get(method).for_signals(adapter.signals)
+            adapter.check_method(method_class)
+            method_class.create(geometry, keep, options)
         except UsageError:  # the model refuses the method or this variant of it
             continue
         golden[name] = (method, options, keep)

@@ -60,11 +60,13 @@ def test_signature_matches_golden(cpu_export):
     assert signature == read_signature(golden_path(model, name, keep)), (
         "graph changed: review, then run tools/update_graphs.py"
     )
-    if METHODS.get(method).text_conditioned:
+    form = METHODS.get(method).for_signals(MODELS.get(model).signals)
+    if form.text_conditioned:
         assert graph_signature(out / TEXT_ONNX) == read_signature(golden_text_path(model))
-        assert [i["name"] for i in signature["inputs"]] == [PIXEL_VALUES, TEXT_EMBEDS]
-    else:
+    else:  # prompt-conditioned methods take text_embeds too, but the runtime computes it: no text graph
         assert not (out / TEXT_ONNX).exists()
+    text_input = form.text_conditioned or form.prompt_conditioned
+    assert [i["name"] for i in signature["inputs"]] == [PIXEL_VALUES, *([TEXT_EMBEDS] if text_input else [])]
 
 
 def test_every_golden_graph_fits_tensorrt(cpu_export):

@@ -55,7 +55,7 @@ class Everything(PruningMethod):
     """Not a method: asks the tower for every signal it has, to time the tower and feed the stages."""
 
     name = "everything"
-    requires = frozenset(Signal) - {Signal.NEXT_LAYER, Signal.CLIP_TEXT}
+    requires = frozenset(Signal) - {Signal.NEXT_LAYER, Signal.CLIP_TEXT, Signal.PROMPT_EMBEDS}
 
 
 class Tower(nn.Module):
@@ -170,11 +170,15 @@ def cli_export(model: str, keep: int, scratch: Path) -> dict:
 
 
 def supported(model, geometry, name: str, keep: int) -> PruningMethod | None:
+    """The method's form for the model, None where refused or prompt-conditioned (cdpruner on Qwen: its text_embeds
+    come from the LLM's embedding table, which this bench does not load; not benchmarked yet)."""
+    form = METHODS.get(name).for_signals(model.signals)
     try:
-        model.check_method(METHODS.get(name))
-        return METHODS.get(name).create(geometry, None if name == "none" else keep, {})
+        model.check_method(form)
+        method = form.create(geometry, None if name == "none" else keep, {})
     except UsageError:
         return None
+    return None if method.prompt_conditioned else method
 
 
 def main() -> int:

@@ -30,6 +30,9 @@ class Signal(enum.Enum):
     KEYS = "the feature layer's keys"
     NEXT_LAYER = "the next layer's CLS attention"
     CLIP_TEXT = "CLIP's text tower and joint embedding space"
+    # The runtime's mean of the LLM's input embeddings over the prompt's text tokens (OpenVINO GenAI's CDPruner
+    # for the Qwen family): a graph input like CLIP's text embedding, but computed from the LLM's embedding table.
+    PROMPT_EMBEDS = "the prompt's mean LLM input embedding"
     PATCH_SCORES = "an attention score per token"
 
 
@@ -87,7 +90,8 @@ class VisionFeatures:
     next_keys: Tensor | None = None  # (B, 1+N, C)
     # Text-conditioned methods: CLIP's joint embedding space.
     clip_patch_embeds: Tensor | None = None  # (B, N, P): visual_projection(post_layernorm(patches)), unnormalised
-    text_embeds: Tensor | None = None  # (B, P): CLIP text tower + text_projection of the question, unnormalised
+    text_embeds: Tensor | None = None  # (B, P): CLIP text tower + text_projection of the question, unnormalised;
+    # (B, D_llm) with Signal.PROMPT_EMBEDS: the mean LLM input embedding of the prompt's text tokens
     # Towers without a CLS token: the attention each token receives (Qwen2.5-VL), float32.
     received_attention: Tensor | None = None  # (B, N)
     cls_token: bool = True

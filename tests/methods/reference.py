@@ -252,6 +252,52 @@ def cdpruner(projected: Tensor, image_embeds: Tensor, text_embeds: Tensor, keep:
     return torch.stack(tokens), torch.stack(positions)
 
 
+def cdpruner_openvino(projected: Tensor, text_embeds: Tensor, keep: int, relevance_weight: float = 1.0,
+                      epsilon: float = 1e-6, dpp_epsilon: float = 1e-6,
+                      exhausted_gain: float = OFFICIAL_GAIN_ROUNDING) -> tuple[Tensor, Tensor]:
+    """OpenVINO GenAI's CDPruner for the Qwen family (openvino.genai@da1db864, cdpruner/conditional_kernel.cpp
+    create_conditional_kernel_model and fast_dpp.cpp select_single_batch), one image at a time, split threshold 0,
+    in float64. projected (B, N, D) the merger's output; text_embeds (B, D) the prompt's mean LLM input embedding.
+    NormalizeL2 with `epsilon` added to the squared norm, cosine with the one text row (mean over it), not negated,
+    min-max (r - min) / (max - min + epsilon), kernel (1 - w) S + w r_i S_ij r_j; the greedy loop divides by
+    sqrt(di2s + dpp_epsilon) and skips previous vectors whose entry at the pick is below dpp_epsilon. Plus the
+    stated exhausted-kernel rule, as in cdpruner() above."""
+    tokens, positions = [], []
+    for b in range(projected.shape[0]):
+        features = projected[b:b + 1].double()
+        visual = features / torch.sqrt(features.square().sum(dim=-1, keepdim=True) + epsilon)
+        text = text_embeds[b:b + 1].double()
+        text = text / torch.sqrt(text.square().sum(dim=-1, keepdim=True) + epsilon)
+        relevance = (visual @ text.t()).mean(dim=-1)  # (1, N)
+        low, high = relevance.min(dim=1, keepdim=True).values, relevance.max(dim=1, keepdim=True).values
+        relevance = (relevance - low) / (high - low + epsilon)
+        similarity = visual @ visual.transpose(1, 2)
+        conditional = relevance.unsqueeze(2) * similarity * relevance.unsqueeze(1)
+        kernel = (similarity * (1 - relevance_weight) + conditional * relevance_weight)[0]
+        n = kernel.shape[0]
+        cis = torch.zeros(keep, n, dtype=torch.float64)
+        di2s = torch.diagonal(kernel).clone()
+        floor = exhausted_gain * di2s.max()
+        selected: list[int] = []
+        for t in range(keep):
+            best = int(torch.argmax(di2s))
+            if di2s[best] <= floor:
+                selected += [i for i in range(n) if i not in selected][:keep - t]
+                break
+            selected.append(best)
+            eis = kernel[best].clone()
+            for previous in range(t):
+                if abs(float(cis[previous, best])) >= dpp_epsilon:
+                    eis -= cis[previous, best] * cis[previous]
+            cis[t] = eis / torch.sqrt(di2s[best] + dpp_epsilon)
+            di2s -= cis[t].square()  # picked tokens stay at -inf
+            di2s[best] = -float('inf')
+        chosen = torch.tensor(sorted(selected))
+        tokens.append(projected[b, chosen])
+        positions.append(chosen + 1)
+    return torch.stack(tokens), torch.stack(positions)
+
+
 def holov_paper(projected: Tensor, attention: Tensor, keep: int, side: int, tau: float,
                 eps: float = 1e-6, grid: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
     """HoloV eq. 1-5 as methods-spec.md states them, one image and one crop at a time; `grid` (rows, cols) of a

@@ -1,6 +1,7 @@
 """Qwen2.5-VL's forms of the methods on the tiny checkpoint's tower: HoloV against the eager re-statement of its
 official Qwen code (tests/methods/reference.py), with the evidence for the two quirks not reproduced; the paper
-variant and the uniform baseline on a rows x cols grid."""
+variant and the uniform baseline on a rows x cols grid; CDPruner's Qwen form (Qwen2.5-VL and Qwen3-VL towers)
+against the eager re-statement of OpenVINO GenAI's."""
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from vtp_export.checkpoint.load import load_vision_stack
 from vtp_export.checkpoint.locate import read_model_config
 from vtp_export.contract import WeightsFolder
 from vtp_export.methods import METHODS
+from vtp_export.methods.cdpruner import CDPruner, CDPrunerPromptRelevance
 from vtp_export.models import MODELS
 
 QWEN = MODELS.get("qwen2.5-vl")
@@ -101,3 +103,32 @@ def test_uniform_spreads_over_a_rows_x_cols_grid(qwen_checkpoint, keep):
     if keep >= 24:
         assert len(set(rows.tolist())) >= 4 and len(set(cols.tolist())) >= 6
         assert abs(rows.float().mean() - 3.5) < 1 and abs(cols.float().mean() - 5.5) < 1.5
+
+
+def test_cdpruner_form_follows_the_models_signals():
+    for name in ("qwen2.5-vl", "qwen2.5-vl-tiny", "qwen3-vl", "qwen3-vl-tiny"):
+        form = METHODS.get("cdpruner").for_signals(MODELS.get(name).signals)
+        assert form is CDPrunerPromptRelevance and form.prompt_conditioned and not form.text_conditioned
+    for name in ("llava15", "llava15-tiny", "llava-next", "llava-next-tiny"):
+        assert METHODS.get("cdpruner").for_signals(MODELS.get(name).signals) is CDPruner
+
+
+@pytest.mark.parametrize("model_name,size", [("qwen2.5-vl", "224x336"), ("qwen3-vl", "256x320")])
+@pytest.mark.parametrize("keep", [1, 12, 40, 64])
+def test_cdpruner_equals_openvinos_qwen_form(request, model_name, size, keep):
+    """The graph's picks and kept merger outputs are OpenVINO GenAI's (float64 re-statement, its epsilons, split
+    threshold 0) for a random prompt embedding, on both Qwen towers, up to the kernel's rank (the LLM width 64)."""
+    model = MODELS.get(model_name)
+    checkpoint = request.getfixturevalue("qwen_checkpoint" if model_name == "qwen2.5-vl" else "qwen3_checkpoint")
+    config = read_model_config(model, WeightsFolder(checkpoint))
+    stack = load_vision_stack(model, config, {"image_size": size}, WeightsFolder(checkpoint))
+    method = METHODS.get("cdpruner").for_signals(model.signals)(stack.geometry, keep)
+    pixel_values = images(size, seed=keep)
+    text_embeds = torch.randn(2, stack.geometry.llm_width, generator=torch.Generator().manual_seed(keep))
+    with torch.no_grad():
+        features = model.feature_extractor(stack, method)(pixel_values, text_embeds)
+        projected = stack.projector(features.hidden)
+        embeds, index = run_method(method, features, stack.projector)
+    tokens, positions = reference.cdpruner_openvino(projected, text_embeds, keep)
+    assert torch.equal(index, positions)
+    torch.testing.assert_close(embeds, tokens, atol=1e-5, rtol=1e-5)

@@ -27,9 +27,9 @@ QWEN3 = MODELS.get("qwen3-vl")
 REFUSED = {
     "fastervlm": "the CLS token's attention row", "visionzip": "the CLS token's attention row",
     "prumerge": "the next layer's CLS attention", "prumerge_plus": "the next layer's CLS attention",
-    "trim": "CLIP's text tower", "cdpruner": "CLIP's text tower",
+    "trim": "CLIP's text tower",
 }
-APPLICABLE = ("holov", "vispruner", "dart", "divprune", "uniform", "random", "none")
+APPLICABLE = ("holov", "vispruner", "dart", "divprune", "uniform", "random", "none", "cdpruner")
 
 
 def hub_config(vision: dict, width: int) -> dict:
@@ -97,7 +97,8 @@ def test_bad_configs_are_refused():
 
 def test_methods_apply_or_refuse_in_one_line():
     assert set(METHODS.names()) == set(REFUSED) | set(APPLICABLE)
-    for name, method in METHODS.items():
+    for name, registered in METHODS.items():
+        method = registered.for_signals(QWEN3.signals)  # cdpruner: its Qwen form
         if name in REFUSED:
             with pytest.raises(UsageError) as error:
                 QWEN3.check_method(method)
@@ -113,7 +114,7 @@ BAD_INPUTS = {
     "too-small": (["--image-size", "32x32"], "too small"),
     "too-large": (["--image-size", "1920x2048"], "too large: 3840 merged tokens"),
     "cls-method": (["--method", "fastervlm"], "method fastervlm needs the CLS token's"),
-    "text-method": (["--method", "cdpruner"], "method cdpruner needs CLIP's text tower"),
+    "text-method": (["--method", "trim"], "method trim needs CLIP's text tower"),
     "keep-all": (["--keep", "256"], "the model has 256 tokens"),
 }
 

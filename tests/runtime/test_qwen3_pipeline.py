@@ -35,7 +35,8 @@ IMAGE_TOKEN_ID = 151655
 # leaves 256x320 as it is).
 PROCESSOR = dict(patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3,
                  size={"shortest_edge": 65536, "longest_edge": 16777216})
-APPLICABLE = [name for name, method in METHODS.items() if not method.requires - QWEN3.signals]
+APPLICABLE = [name for name, method in METHODS.items()
+              if not method.for_signals(QWEN3.signals).requires - QWEN3.signals]  # cdpruner: its Qwen form
 
 
 def picture(seed: int = 0, size=(300, 240)) -> np.ndarray:
@@ -65,6 +66,14 @@ def rope_index(hf, ids: torch.Tensor) -> torch.Tensor:
     return hf.model.get_rope_index(ids, (ids == IMAGE_TOKEN_ID).int(), image_grid_thw=grid)[0]
 
 
+def prompt_embedding(hf, ids: torch.Tensor) -> torch.Tensor:
+    """(1, D) cdpruner's Qwen text: the mean of HF's input embeddings over the prompt's tokens outside the image span
+    (OpenVINO GenAI's instruction tokens: all but <|vision_start|>, <|image_pad|>, <|vision_end|>)."""
+    span = torch.tensor([hf.config.vision_start_token_id, IMAGE_TOKEN_ID, hf.config.vision_end_token_id])
+    text = ids[0][~torch.isin(ids[0], span)]
+    return hf.get_input_embeddings()(text).mean(dim=0, keepdim=True)
+
+
 def hf_ids_with_pruning(hf, checkpoint, method_name: str, image: np.ndarray) -> list[int]:
     """HF's generate() on the prompt with KEEP image tokens, whose image features are the PyTorch pruning's kept
     embeddings and DeepStack levels (given as HF's own encoder output, which Qwen3VLModel scatters into the image
@@ -72,12 +81,14 @@ def hf_ids_with_pruning(hf, checkpoint, method_name: str, image: np.ndarray) -> 
     gives its source token in the unpruned prompt (padding slots at the last image token's)."""
     config = read_model_config(QWEN3, WeightsFolder(checkpoint))
     stack = load_vision_stack(QWEN3, config, SIZE, WeightsFolder(checkpoint))
-    method = METHODS.get(method_name).create(stack.geometry, None if method_name == "none" else KEEP, {})
+    method = METHODS.get(method_name).for_signals(QWEN3.signals).create(stack.geometry,
+                                                                          None if method_name == "none" else KEEP, {})
     pixel_values = torch.from_numpy(QWEN3.preprocess([Image.fromarray(image)], stack.geometry))
     full = prompt_ids(checkpoint, TOKENS)
     start = int((full[0] == IMAGE_TOKEN_ID).nonzero()[0])
     with torch.no_grad():
-        image_embeds, token_index, levels = VisionGraph(QWEN3, stack, method)(pixel_values)
+        text_embeds = prompt_embedding(hf, full) if method.prompt_conditioned else None
+        image_embeds, token_index, levels = VisionGraph(QWEN3, stack, method)(pixel_values, text_embeds)
         kept = len(token_index[0])
         sources = start + torch.where(token_index[0] >= 1, token_index[0] - 1, TOKENS - 1)
         order = torch.cat([torch.arange(start), sources, torch.arange(start + TOKENS, full.shape[1])])
@@ -92,7 +103,7 @@ def hf_ids_with_pruning(hf, checkpoint, method_name: str, image: np.ndarray) -> 
 
 
 def test_the_methods_that_apply():
-    assert APPLICABLE == ["dart", "divprune", "holov", "none", "random", "uniform", "vispruner"]
+    assert APPLICABLE == ["cdpruner", "dart", "divprune", "holov", "none", "random", "uniform", "vispruner"]
 
 
 def test_prompt_is_the_chat_template_without_a_system_turn():

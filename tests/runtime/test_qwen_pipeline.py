@@ -12,6 +12,7 @@ from tests.runtime.hf_reference import exports_on_demand
 from vtp_export.checkpoint.load import load_vision_stack
 from vtp_export.checkpoint.locate import read_model_config
 from vtp_export.contract import WeightsFolder
+from vtp_export.errors import PipelineError
 from vtp_export.export.graph import VisionGraph
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
@@ -25,7 +26,8 @@ TOKENS = 96
 KEEP = 24
 QUESTION = "What is in the picture?"
 NEW_TOKENS = 8
-APPLICABLE = [name for name, method in METHODS.items() if not method.requires - QWEN.signals]
+APPLICABLE = [name for name, method in METHODS.items()
+              if not method.for_signals(QWEN.signals).requires - QWEN.signals]  # cdpruner: its Qwen form
 
 
 def picture(seed: int = 0, size=(300, 240)) -> np.ndarray:
@@ -56,17 +58,26 @@ def rope_index(hf, ids: torch.Tensor, geometry) -> torch.Tensor:
     return hf.model.get_rope_index(ids, image, image_grid_thw=grid)[0]
 
 
+def prompt_embedding(hf, ids: torch.Tensor) -> torch.Tensor:
+    """(1, D) cdpruner's Qwen text: the mean of HF's input embeddings over the prompt's tokens outside the image span
+    (OpenVINO GenAI's instruction tokens: all but <|vision_start|>, <|image_pad|>, <|vision_end|>)."""
+    span = torch.tensor([hf.config.vision_start_token_id, hf.config.image_token_id, hf.config.vision_end_token_id])
+    text = ids[0][~torch.isin(ids[0], span)]
+    return hf.get_input_embeddings()(text).mean(dim=0, keepdim=True)
+
+
 def hf_ids_with_pruning(hf, checkpoint, method_name: str, image: np.ndarray) -> list[int]:
     """HF's generate() on the prompt whose image span holds the PyTorch pruning's kept embeddings, each at the
     position get_rope_index gives its source token (padding slots at the last image token's)."""
     config = read_model_config(QWEN, WeightsFolder(checkpoint))
     stack = load_vision_stack(QWEN, config, SIZE, WeightsFolder(checkpoint))
-    method = METHODS.get(method_name).create(stack.geometry, KEEP, {})
+    method = METHODS.get(method_name).for_signals(QWEN.signals).create(stack.geometry, KEEP, {})
     pixel_values = torch.from_numpy(QWEN.preprocess([Image.fromarray(image)], stack.geometry))
     ids = prompt_ids(checkpoint, TOKENS)
     start = int((ids[0] == hf.config.image_token_id).nonzero()[0])
     with torch.no_grad():
-        image_embeds, token_index = VisionGraph(QWEN, stack, method)(pixel_values)
+        text_embeds = prompt_embedding(hf, ids) if method.prompt_conditioned else None
+        image_embeds, token_index = VisionGraph(QWEN, stack, method)(pixel_values, text_embeds)
         sources = start + torch.where(token_index[0] >= 1, token_index[0] - 1, TOKENS - 1)
         kept = torch.cat([torch.arange(start), sources, torch.arange(start + TOKENS, ids.shape[1])])
         embed = hf.get_input_embeddings()
@@ -79,7 +90,7 @@ def hf_ids_with_pruning(hf, checkpoint, method_name: str, image: np.ndarray) -> 
 
 
 def test_the_methods_that_apply():
-    assert APPLICABLE == ["dart", "divprune", "holov", "none", "random", "uniform", "vispruner"]
+    assert APPLICABLE == ["cdpruner", "dart", "divprune", "holov", "none", "random", "uniform", "vispruner"]
 
 
 @pytest.mark.parametrize("method", [m for m in APPLICABLE if m != "none"])
@@ -91,6 +102,24 @@ def test_greedy_ids_equal_hf_with_the_same_pruning(method, qwen_checkpoint, hf, 
     answer = pipe.answer(QUESTION, [picture()], max_new_tokens=NEW_TOKENS)
     assert answer.token_ids == hf_ids_with_pruning(hf, qwen_checkpoint, method, picture())
     assert answer.image_tokens == [KEEP] and answer.position_ids == "original"
+
+
+def test_prompt_embeds_are_hf_input_embeddings_averaged_outside_the_image(qwen_checkpoint, hf, exports):
+    """cdpruner's text_embeds: the runtime's mean over the templated prompt (system turn included) equals HF's
+    embedding table averaged over the same tokens; the image span's tokens are left out however many pads it has."""
+    pipe = Pipeline.from_dir(exports("cdpruner"))
+    ours = pipe.prompt_embeds([pipe.content(QUESTION, [picture()])])
+    with torch.no_grad():
+        reference = prompt_embedding(hf, prompt_ids(qwen_checkpoint, TOKENS))
+    assert ours.shape == (1, pipe.geometry.llm_width)
+    np.testing.assert_allclose(ours, reference.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_llama_cpp_refuses_the_prompt_conditioned_form_in_one_line(exports):
+    with pytest.raises(PipelineError) as error:
+        Pipeline.from_dir(exports("cdpruner"), llm_backend="llama.cpp", position_ids="sequential")
+    message = str(error.value)
+    assert "on the transformers LLM backend only" in message and "\n" not in message
 
 
 def test_none_equals_unmodified_hf_generate(qwen_checkpoint, hf, exports):

@@ -114,7 +114,7 @@ class VisionGraph(nn.Module):
             raise ValueError("feature levels are laid out for one crop and a fixed token count")
         self.features = model.feature_extractor(stack, method)
         self.prune = PruningStage(method, stack.projector, model.token_layout(stack.geometry), levels)
-        self.input_names = TEXT_CONDITIONED_VISION_INPUTS if method.text_conditioned else VISION_INPUTS
+        self.input_names = TEXT_CONDITIONED_VISION_INPUTS if method.takes_text_embeds else VISION_INPUTS
         self.output_names = (*method.output_names, DEEPSTACK_EMBEDS) if levels else method.output_names
         self.eval()
 

@@ -22,7 +22,7 @@ from vtp_export.export.verify import (
     CANDIDATES_PER_SAMPLE, compare_with_onnxruntime, determined_references, torch_outputs,
 )
 from vtp_export.onnx.export import export_onnx
-from vtp_export.onnx.inputs import Arrays, random_input_ids, verification_inputs
+from vtp_export.onnx.inputs import Arrays, random_input_ids, random_prompt_embeds, verification_inputs
 from vtp_export.onnx.names import (
     INPUT_IDS, PIXEL_VALUES, PRODUCER, TEXT_EMBEDS, TEXT_INPUTS, TEXT_ONNX, TEXT_OUTPUTS, VISION_ONNX,
 )
@@ -140,6 +140,9 @@ def write_graphs(request: ExportRequest, plan: Plan, stage: Path, progress: Prog
                                   text_outputs[:request.verify_samples])
         for sample, text in zip(vision_inputs, text_outputs):
             sample[TEXT_EMBEDS] = text[TEXT_EMBEDS]
+    if method.prompt_conditioned:  # no text graph: the runtime computes the prompt's mean LLM embedding
+        for i, sample in enumerate(vision_inputs):
+            sample[TEXT_EMBEDS] = random_prompt_embeds(request.batch, stack.geometry.llm_width, request.seed + i)
     references = determined_references(graph, vision_inputs, request.verify_samples, seed=request.seed)
     vision_graph = WrittenGraph("vision", stage / VISION_ONNX, references.inputs, references.expected,
                                 references.exact, references.passed_over)
@@ -167,7 +170,7 @@ def write_graphs(request: ExportRequest, plan: Plan, stage: Path, progress: Prog
         producer=PRODUCER, schema=EXPORT_SCHEMA, vtp_export_version=__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), seed=request.seed, model=model,
         method=MethodRecord(method.name, method.reference, method.recorded_options(), method.variant(),
-                            method.text_conditioned, method.exact_selection),
+                            method.text_conditioned, method.exact_selection, method.prompt_conditioned),
         keep=method.tokens_per_image, target=target, graphs={}, versions=versions(),
         timings={"load_and_reference_s": load_s, "export_s": round(time.perf_counter() - start, 2)},
         runtime_files=write_runtime_files(stage, plan.model, plan.config, stack.source,

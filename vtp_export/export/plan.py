@@ -76,7 +76,7 @@ def default_out(request: ExportRequest, plan: Plan) -> Path:
 def plan_export(request: ExportRequest) -> Plan:
     """Validate the whole request (names, ranges, options, weights' configs) before any heavy work."""
     model = MODELS.get(request.model)
-    method_class: type[PruningMethod] = METHODS.get(request.method)
+    method_class: type[PruningMethod] = METHODS.get(request.method).for_signals(model.signals)
     target = TARGETS.get(request.target)
     model.check_method(method_class)
     if request.batch < 1:

@@ -66,12 +66,27 @@ class PruningMethod(nn.Module):
     # verification then measures set overlap instead of requiring identical indices.
     exact_selection: ClassVar[bool] = True
 
-    # Needs text_embeds, a graph input the CLIP text graph computes from the question (set from `requires`).
+    # Needs text_embeds, a graph input (both set from `requires`): text_conditioned, the CLIP text graph's embedding
+    # of the question (the export carries text.onnx); prompt_conditioned, the mean LLM input embedding of the
+    # prompt's text tokens, which the runtime computes from the LLM's embedding table (no text graph).
     text_conditioned: ClassVar[bool] = False
+    prompt_conditioned: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.text_conditioned = Signal.CLIP_TEXT in cls.requires
+        cls.prompt_conditioned = Signal.PROMPT_EMBEDS in cls.requires
+
+    @classmethod
+    def for_signals(cls, signals: frozenset[Signal]) -> type["PruningMethod"]:
+        """The form of the method that a model exposing `signals` runs: the method itself, unless it has a form per
+        model family (cdpruner: CLIP text relevance on LLaVA, the prompt's LLM embedding on Qwen)."""
+        return cls
+
+    @property
+    def takes_text_embeds(self) -> bool:
+        """The vision graph has the text_embeds input."""
+        return self.text_conditioned or self.prompt_conditioned
 
     def __init__(self, geometry: Geometry, keep: int, **options: Any) -> None:
         super().__init__()

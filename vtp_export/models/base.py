@@ -129,6 +129,11 @@ class VisionLanguageModel:
         the checkpoint of `config`."""
         raise NotImplementedError
 
+    def image_span_ids(self, config: Any) -> frozenset[int]:
+        """The ids of an image's span in the tokenized prompt (its placeholder's tokens), which the prompt's mean LLM
+        input embedding leaves out; only models whose signals include Signal.PROMPT_EMBEDS have them."""
+        raise NotImplementedError(f"{self.name} has no prompt embedding signal")
+
     def text_positions(self, start: int, length: int) -> np.ndarray:
         """Position ids of `length` text tokens from `start`: (length,), or (3, length) for M-RoPE models."""
         import numpy as np

@@ -89,7 +89,7 @@ class Qwen25VL(VisionLanguageModel):
     name = "qwen2.5-vl"
     summary = "Qwen2.5-VL-3B/7B (ViT with window attention and 2-D RoPE, 2x2 merger, M-RoPE LLM), --image-size HxW"
     model_type = "qwen2_5_vl"
-    signals = frozenset({Signal.PATCH_SCORES})
+    signals = frozenset({Signal.PATCH_SCORES, Signal.PROMPT_EMBEDS})
     image_token = "<|vision_start|><|image_pad|><|vision_end|>"
     image_separator = ""  # the chat template puts the question right after <|vision_end|>
     default_position_ids = "original"
@@ -172,6 +172,11 @@ class Qwen25VL(VisionLanguageModel):
     def prompt(self, content: str, config: Any) -> str:
         return (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{content}<|im_end|>\n"
                 "<|im_start|>assistant\n")
+
+    def image_span_ids(self, config: Any) -> frozenset[int]:
+        """<|vision_start|>, <|image_pad|>, <|vision_end|>: the tokens OpenVINO GenAI's CDPruner leaves out of the
+        prompt's instruction tokens (VisionTokenPruningProcessor::extract_text_features)."""
+        return frozenset({config.vision_start_token_id, config.image_token_id, config.vision_end_token_id})
 
     def text_positions(self, start: int, length: int) -> np.ndarray:
         """M-RoPE text positions: t = h = w."""

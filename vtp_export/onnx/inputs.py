@@ -28,6 +28,12 @@ def verification_inputs(geometry: Geometry, batch: int, samples: int, seed: int)
     return [{PIXEL_VALUES: random_pixel_values(geometry, batch, seed + i)} for i in range(samples)]
 
 
+def random_prompt_embeds(batch: int, width: int, seed: int) -> np.ndarray:
+    """(B, width) float32 standard normal rows: stand-ins for the prompt's mean LLM input embedding (text_embeds of
+    prompt-conditioned methods, Signal.PROMPT_EMBEDS); only their direction matters to the method (a cosine)."""
+    return np.random.default_rng(seed).standard_normal((batch, width), dtype=np.float32)
+
+
 def random_input_ids(batch: int, length: int, vocab: int, seed: int) -> np.ndarray:
     """Ids laid out like CLIP's tokenizer output padded to `length`: BOS, random text, EOS, EOS padding.
 

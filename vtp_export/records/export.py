@@ -91,6 +91,8 @@ class MethodRecord:
     variant: dict[str, Any]  # the options that differ from the default export's
     text_conditioned: bool
     exact_selection: bool
+    # text_embeds is the prompt's mean LLM input embedding, which the runtime computes (Signal.PROMPT_EMBEDS)
+    prompt_conditioned: bool = False
 
     @property
     def label(self) -> str:

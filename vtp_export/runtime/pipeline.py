@@ -92,6 +92,8 @@ class Pipeline:
             raise PipelineError(f"position_ids={policy!r}: {declared.position_refusal}")
         if record.method.text_conditioned and "text" not in record.graphs:
             raise PipelineError(f"{folder}: {record.method.name} is text-conditioned but the export has no text graph")
+        if record.method.prompt_conditioned and declared is not None and declared.prompt_embeds_refusal is not None:
+            raise PipelineError(f"{record.method.name} on {record.model.name}: {declared.prompt_embeds_refusal}")
         newline = hf_layout_newline(folder, record, layout)
         language_model = llm if not isinstance(llm, (str, Path, type(None))) else \
             declared.open(LlmRequest(folder, record, config, llm, llm_layers, device, dtype))
@@ -128,7 +130,9 @@ class Pipeline:
         questions = [prompt.replace(placeholder, "").strip() for prompt, _ in requests]
         flat = [image for _, images in requests for image in images]
         owners = [i for i, (_, images) in enumerate(requests) for _ in images]
-        vision = self.encode_images(flat, [questions[i] for i in owners])
+        prompt_embeds = self.prompt_embeds(contents) if self.record.method.prompt_conditioned and flat else None
+        vision = self.encode_images(flat, [questions[i] for i in owners],
+                                    None if prompt_embeds is None else prompt_embeds[owners])
         prompts, counts, start = [], [], 0
         for content, (_, images) in zip(contents, requests):
             segments = self.segments(content, vision, range(start, start + len(images)))
@@ -168,14 +172,22 @@ class Pipeline:
         """Pixel values of each image as the vision graph takes them, with the HF processor's code."""
         return self.model.preprocess([load_image(image) for image in images], self.geometry)
 
-    def encode_images(self, images: list[ImageInput], questions: list[str]) -> dict[str, np.ndarray]:
-        """Run the vision graph over all images in chunks of its batch size; outputs stacked per image."""
+    def encode_images(self, images: list[ImageInput], questions: list[str],
+                      text_embeds: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Run the vision graph over all images in chunks of its batch size; outputs stacked per image. The graph's
+        text_embeds of each image, where it takes them: `text_embeds` where given (answer_batch: the mean embedding
+        of each image's prompt), else CLIP's text graph on its question, or the prompt-conditioned methods' mean
+        embedding of the one-image prompt the question makes."""
         if not images:
             return {}
         loaded = [load_image(image) for image in images]
         pixels = self.model.preprocess(loaded, self.geometry)
         chunk = self.record.graphs["vision"].batch or len(images)
-        text_embeds = self.text_embeds(questions) if self.clip_tokenizer is not None else None
+        if text_embeds is None and self.clip_tokenizer is not None:
+            text_embeds = self.text_embeds(questions)
+        elif text_embeds is None and self.record.method.prompt_conditioned:
+            text_embeds = self.prompt_embeds([self.content(question, [image])
+                                              for question, image in zip(questions, images)])
         outputs: dict[str, list[np.ndarray]] = {}
         for start in range(0, len(images), chunk):
             take = np.arange(start, start + chunk).clip(max=len(images) - 1)  # a short last chunk repeats its end
@@ -199,10 +211,23 @@ class Pipeline:
                 for i in range(len(ids))]
         return np.concatenate(rows)
 
+    def prompt_embeds(self, contents: list[str]) -> np.ndarray:
+        """(R, D_llm) float32, for each request's content (its image placeholders in place): the mean LLM input
+        embedding of its templated prompt's tokens outside the image spans, the text OpenVINO GenAI's CDPruner
+        conditions on in the Qwen family (methods/cdpruner.py)."""
+        span = self.model.image_span_ids(self.config)
+        rows = [self.llm.mean_input_embedding([i for i in self.prompt_ids(content).tolist() if i not in span])
+                for content in contents]
+        return np.stack(rows)
+
+    def prompt_ids(self, content: str) -> np.ndarray:
+        """(T,) int64 ids of the model's conversation template around `content`, each image placeholder one id."""
+        return np.array(self.llm.tokenize(self.model.prompt(content, self.config)), dtype=np.int64)
+
     def segments(self, content: str, vision: dict[str, np.ndarray], image_rows: range) -> list[Segment]:
         """The prompt as text and image segments with their position ids (and, for a DeepStack model, each image's
         deepstack_embeds rows: the same slots as its image_embeds)."""
-        ids = np.array(self.llm.tokenize(self.model.prompt(content, self.config)), dtype=np.int64)
+        ids = self.prompt_ids(content)
         slots = np.flatnonzero(ids == self.llm.image_token_id).tolist()
         segments, cursor, position = [], 0, 0
         for slot, row in zip(slots, image_rows):

@@ -158,6 +158,8 @@ def profile_export(folder: Path, runs: int = 10, warmup: int = 2, duration_s: fl
         if pipe.clip_tokenizer is not None:
             stages["text_graph"] = timed(lambda: pipe.text_embeds([QUESTION]), warmup, runs, duration_s)
             feeds[TEXT_EMBEDS] = pipe.text_embeds([QUESTION])
+        if record.method.prompt_conditioned:  # an embedding-table lookup and a mean: not a stage of its own
+            feeds[TEXT_EMBEDS] = pipe.prompt_embeds([pipe.content(QUESTION, [image])])
         stages["vision_graph"] = timed(lambda: pipe.backend.run("vision", feeds), warmup, runs, duration_s)
         stages["pruning_stage"] = pruning_stage_times(pipe, feeds, warmup, runs, duration_s)
         vision = pipe.encode_images([image], [QUESTION])

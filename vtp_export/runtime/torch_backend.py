@@ -24,7 +24,8 @@ class TorchBackend:
         model = MODELS.get(record.model.name)
         config = read_model_config(model, record.model.weights)
         geometry = model.geometry(config, record.model.options)
-        method = METHODS.get(record.method.name).from_record(geometry, record.keep, record.method.options)
+        method = METHODS.get(record.method.name).for_signals(model.signals).from_record(geometry, record.keep,
+                                                                                        record.method.options)
         stack = load_stack(model, config, record.model.options, record.model.weights, record.model.text_weights)
         self.modules = {"vision": VisionGraph(model, stack, method)}
         self.outputs = {"vision": self.modules["vision"].output_names}

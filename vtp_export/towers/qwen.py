@@ -243,5 +243,7 @@ class QwenFeatures(nn.Module):
         return VisionFeatures(hidden=units, received_attention=received, cls_token=False)
 
     def method_inputs(self, features: VisionFeatures, text_embeds: Tensor | None) -> VisionFeatures:
-        """Nothing beyond the last block: the merged tokens and their scores are all Qwen's methods use."""
+        """Nothing beyond the last block: the merged tokens, their scores and (Signal.PROMPT_EMBEDS) the prompt's
+        mean LLM input embedding, passed through, are all Qwen's methods use."""
+        features.text_embeds = text_embeds
         return features

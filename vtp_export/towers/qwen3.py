@@ -138,7 +138,9 @@ class Qwen3Features(nn.Module):
         return self.last_block(x, [self.units(level) for level in levels])
 
     def method_inputs(self, features: VisionFeatures, text_embeds: Tensor | None) -> VisionFeatures:
-        """Nothing beyond the last block: the merged tokens, their levels and scores are all Qwen's methods use."""
+        """Nothing beyond the last block: the merged tokens, their levels, scores and (Signal.PROMPT_EMBEDS) the
+        prompt's mean LLM input embedding, passed through, are all Qwen's methods use."""
+        features.text_embeds = text_embeds
         return features
 
 

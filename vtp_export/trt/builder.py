@@ -21,7 +21,7 @@ import numpy as np
 
 from vtp_export import __version__
 from vtp_export.errors import BuildError, UsageError
-from vtp_export.onnx.inputs import pixel_shape, random_input_ids
+from vtp_export.onnx.inputs import pixel_shape, random_input_ids, random_prompt_embeds
 from vtp_export.onnx.names import (
     CONFIG_JSON, ENGINE_FOLDER, IMAGE_EMBEDS, INPUT_IDS, MAX_DYNAMIC_BATCH, PRODUCER, TEXT_EMBEDS, TOKEN_INDEX,
 )
@@ -251,6 +251,8 @@ def compare_engines(folder: Path, engines: Path, record: ExportRecord, samples: 
                     feeds = {graph.inputs[0].name: generator.standard_normal(shape).astype(np.float32)}
                     if text_embeds is not None:
                         feeds[TEXT_EMBEDS] = text_embeds
+                    if record.method.prompt_conditioned:
+                        feeds[TEXT_EMBEDS] = random_prompt_embeds(batch, record.model.geometry.llm_width, sample)
                 want, got = onnx_runner.infer(feeds), engine_runner.infer(feeds)
                 if role == "text":
                     text_embeds = want[TEXT_EMBEDS]

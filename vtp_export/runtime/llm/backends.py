@@ -24,6 +24,9 @@ class LlmBackend:
     dtypes: tuple[str, ...] = ()  # weight dtypes it loads in; (): its weights file fixes them
     llm_format: str | None = None  # `vtp-export llm --format` of the file it runs; None: the export's checkpoint
     needs_torch: bool = False
+    # why it refuses prompt-conditioned exports (their text_embeds: the mean of the LLM's input embeddings over the
+    # prompt, LanguageModelBackend.mean_input_embedding); None: it computes that mean
+    prompt_embeds_refusal: str | None = None
 
     @property
     def weights(self) -> str:
@@ -78,4 +81,6 @@ register(LlmBackend(
                      "LLM backend",
     layer_cut_refusal="a GGUF has the layers it was converted with (vtp-export llm DIR --format gguf --llm-layers N)",
     llm_format="gguf",
+    prompt_embeds_refusal="the prompt's mean LLM input embedding it prunes by is computed on the transformers LLM "
+                          "backend only (--llm-backend transformers)",
 ))

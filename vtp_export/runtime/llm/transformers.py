@@ -121,6 +121,14 @@ class TransformersLanguageModel:
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.decoder.embed_tokens(ids.to(self.device))
 
+    @torch.no_grad()
+    def mean_input_embedding(self, ids: list[int]) -> np.ndarray:
+        """(D,) float32: the mean of the decoder's embed_tokens rows of `ids` (the prompt embedding of
+        Signal.PROMPT_EMBEDS), averaged in float32 whatever the weights' dtype."""
+        if not ids:
+            raise PipelineError("the prompt has no text tokens to condition the pruning on")
+        return self.embed(torch.tensor(ids)).float().mean(dim=0).cpu().numpy()
+
     def sequence(self, segments: list[Segment]) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, D) embeddings and (..., T) positions of one prompt."""
         pieces = [self.embed(torch.from_numpy(s.token_ids)) if s.token_ids is not None
