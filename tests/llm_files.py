@@ -11,7 +11,7 @@ import torch
 
 from vtp_export.models import MODELS
 from vtp_export.runtime.llm.protocol import Segment
-from vtp_export.runtime.llm.transformers import TransformersLanguageModel
+from vtp_export.runtime.llm.transformers import TransformersLanguageModel, deepstack_inputs
 
 TINY = MODELS.get("llava15-tiny")
 WORDS = ("the a picture of cat dog sits on red blue green table chair what is in image describe color many two "
@@ -62,13 +62,20 @@ def sentencepiece_tokenizer_folder(folder: Path) -> Path:
 
 
 def transformers_logits(llm: TransformersLanguageModel, segments: list[Segment], ids: list[int]) -> np.ndarray:
-    """(len(ids), vocab) logits of transformers for each id's step, given the prompt and the ids before it."""
+    """(len(ids), vocab) logits of transformers for each id's step, given the prompt and the ids before it
+    (positions one per token or M-RoPE's (3, T), each new token one past the last on every plane; a DeepStack
+    model's levels at its image tokens)."""
     embeds, positions = llm.sequence(segments)
-    last = int(positions[-1])
+    length = len(embeds)
     with torch.no_grad():
         embeds = torch.cat([embeds, llm.embed(torch.tensor(ids[:-1], dtype=torch.long))])
-        positions = torch.cat([positions, torch.arange(last + 1, last + len(ids))])
-        hidden = llm.decoder(inputs_embeds=embeds[None], position_ids=positions[None]).last_hidden_state
+        positions = torch.cat([positions, positions[..., -1:] + torch.arange(1, len(ids))], dim=-1)
+        deepstack = deepstack_inputs([segments], length, llm.device, llm.dtype)
+        if deepstack:
+            deepstack["visual_pos_masks"] = torch.cat([deepstack["visual_pos_masks"],
+                                                       torch.zeros(1, len(ids) - 1, dtype=torch.bool)], dim=1)
+        hidden = llm.decoder(inputs_embeds=embeds[None], position_ids=positions.unsqueeze(-2),
+                             **deepstack).last_hidden_state
         return llm.head(hidden[0, -len(ids):]).numpy()
 
 

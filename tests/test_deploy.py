@@ -124,7 +124,7 @@ def test_device_install_has_no_torch_and_refuses_exporter_commands(device_venv, 
 
 @pytest.mark.slow
 def test_qwen_onnx_only_folder_runs_its_llm_through_llm_option(tmp_path):
-    """Qwen2.5-VL's LLM stays on transformers: the moved folder refuses without its checkpoint, naming both ways to
+    """Qwen2.5-VL's LLM on transformers: the moved folder refuses without its checkpoint, naming both ways to
     give the LLM, and answers as before with --llm pointing at the checkpoint's new place."""
     checkpoint = save_tiny_qwen(tmp_path / "checkpoint")
     folder = export(ExportRequest(model="qwen2.5-vl", method="holov", keep=32, target="cpu", weights=checkpoint,

@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.llm_files import TINY, sentencepiece_tokenizer_folder, stand_in_tokenizer_folder, tiny_llm
+from tests.llm_files import TINY, WORDS, sentencepiece_tokenizer_folder, stand_in_tokenizer_folder, tiny_llm
 from vtp_export.cli import main
 from vtp_export.errors import ExportError, WeightsError
 from vtp_export.export.job import export
 from vtp_export.export.plan import ExportRequest
+from vtp_export.models import MODELS
 from vtp_export.onnx.names import CONFIG_JSON
 from vtp_export.records.codec import sha256
-from vtp_export.records.export import LlmFile, read_export
+from vtp_export.records.export import LlmFile, read_export, runtime_config
 from vtp_export.runtime.llm import gguf as gguf_export
 from vtp_export.runtime.llm.gguf import QUANTS, rope_interleaved, write_gguf
 from vtp_export.runtime.llm.llama_cpp import LlamaCppLanguageModel
@@ -160,6 +161,38 @@ def test_sentencepiece_tokenizer_converts_to_llamas_own(sentencepiece, tmp_path)
         assert model.decode(answer + [2]) == processor.decode(answer)
 
 
+def test_qwen2_tokenizer_converts_to_llamas_qwen2_pre_tokenizer(tmp_path):
+    """A byte-level BPE with Qwen2's split before its byte-level step (the tokenizer.json of Qwen2.5-VL and Qwen3-VL
+    checkpoints) is written as llama.cpp's "qwen2" pre-tokenizer, which tokenizes as HF does: contractions,
+    digits one by one, runs of spaces and newlines, and <|image_pad|> as one control token."""
+    pytest.importorskip("llama_cpp")
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(gguf_export.QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tokenizer.decoder = decoders.ByteLevel()
+    lines = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(i % 9 + 3)) + f" {i}'s\n" for i in range(500)]
+    tokenizer.train_from_iterator(lines, trainers.BpeTrainer(
+        vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<|image_pad|>"]))
+    hf = PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+    hf.save_pretrained(tmp_path / "qwen2-tokenizer")
+    llm = tiny_llm(vocab_size=640)
+    llm.tokenizer = hf
+    written = write_gguf(llm, tmp_path / "qwen2-tokenizer", tmp_path / "llm-f32.gguf", "f32")
+    meta, _ = fields(tmp_path / "llm-f32.gguf")
+    assert (written.tokenizer, meta["tokenizer.ggml.pre"]) == ("gpt2", "qwen2")
+    with LlamaCppLanguageModel.from_gguf(tmp_path / "llm-f32.gguf", n_ctx=64) as model:
+        for text in ["<|image_pad|>What's in the picture 2024?\n\n  two  spaces", "the dog's 12345 red\tcar  \n"]:
+            assert model.tokenize(text, add_bos=False) == hf(text).input_ids
+    with pytest.raises(WeightsError, match="splits text in a way llama.cpp does not know"):
+        tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+        PreTrainedTokenizerFast(tokenizer_object=tokenizer).save_pretrained(tmp_path / "other")
+        write_gguf(llm, tmp_path / "other", tmp_path / "other.gguf", "f32")
+
+
 def test_failed_conversion_leaves_nothing(stand_in, tmp_path, monkeypatch):
     original, count = gguf_export.tensor_array, []
 
@@ -179,8 +212,8 @@ def test_failed_quantization_is_one_line_and_leaves_nothing(stand_in, tmp_path, 
     pytest.importorskip("llama_cpp")
     original = gguf_export.write_weights
 
-    def truncated(llm, vocab, folder, path, *args):  # an f16 file llama.cpp's quantizer cannot read
-        original(llm, vocab, folder, path, *args)
+    def truncated(llm, architecture, levels, vocab, folder, path, *args):  # an f16 file llama.cpp cannot quantize
+        original(llm, architecture, levels, vocab, folder, path, *args)
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
 
@@ -273,11 +306,50 @@ def test_llm_command_on_a_missing_folder_is_one_line(tmp_path, capsys):
     assert "does not exist" in err and err.count("\n") == 1
 
 
-def test_llm_command_refuses_an_llm_llama_cpp_would_not_run_as_llama(tmp_path, capsys):
+@pytest.mark.parametrize("model,size,architecture,levels", [
+    ("qwen2.5-vl-tiny", "112x112", "qwen2vl", None),
+    ("qwen3-vl-tiny", "128x128", "qwen3vl", 2),
+])
+def test_llm_command_writes_the_qwen_architectures(model, size, architecture, levels, tmp_path, capsys):
+    """llama.cpp's own architecture for the Qwen LLMs, named by gguf's tables: M-RoPE sections padded to four, q/k
+    rows as HF has them (no pair reordering: M-RoPE rotates half against half), Qwen2's q/k/v biases, Qwen3's q/k
+    norms, the DeepStack level count; llama.cpp loads it."""
     out = tmp_path / "qwen"
-    export(ExportRequest(model="qwen2.5-vl-tiny", method="none", target="cpu", out=out, verify_samples=1,
-                         model_options={"image_size": "112x112"}))
-    assert main(["llm", str(out), "--format", "gguf"]) == 2
+    export(ExportRequest(model=model, method="none", target="cpu", out=out, verify_samples=1,
+                         model_options={"image_size": size}))
+    assert main(["llm", str(out), "--format", "gguf", "--quant", "f32"]) == 0
+    metadata, tensors = fields(out / "llm-f32.gguf")
+    assert metadata["general.architecture"] == architecture
+    assert metadata[f"{architecture}.rope.dimension_sections"] == [4, 2, 2, 0]
+    assert metadata.get(f"{architecture}.n_deepstack_layers") == levels
+    adapter = MODELS.get(model)
+    llm = TransformersLanguageModel.random(adapter, runtime_config(out, adapter), read_export(out).model.weights.seed)
+    extra = ("attn_q.bias", "attn_k.bias", "attn_v.bias") if architecture == "qwen2vl" else \
+        ("attn_q_norm.weight", "attn_k_norm.weight")
+    expected = {"token_embd.weight", "output_norm.weight", "output.weight"} | {
+        f"blk.{i}.{name}" for i in range(llm.num_layers) for name in extra + tuple(f"{name}.weight" for name in (
+            "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"))}
+    assert set(tensors) == expected
+    np.testing.assert_array_equal(tensors["blk.0.attn_q.weight"].data,
+                                  llm.decoder.layers[0].self_attn.q_proj.weight.detach().numpy())
+    with LlamaCppLanguageModel.from_gguf(out / "llm-f32.gguf") as loaded:
+        assert (loaded.mrope, loaded.deepstack_levels) == (True, levels or 0)
+
+
+def test_an_llm_llama_cpp_is_not_given_here_is_one_line(stand_in, tmp_path):
+    llm = tiny_llm()
+    llm.config.model_type = "phi3"
+    with pytest.raises(WeightsError) as error:
+        write_gguf(llm, stand_in, tmp_path / "llm-f32.gguf", "f32")
+    assert "this LLM is 'phi3': run it with the transformers backend" in str(error.value)
+    assert "\n" not in str(error.value) and not list(tmp_path.glob("*.gguf*"))
+
+
+def test_a_deepstack_llm_with_no_layer_after_its_levels_is_one_line(tmp_path, capsys):
+    out = tmp_path / "qwen3"
+    export(ExportRequest(model="qwen3-vl-tiny", method="none", target="cpu", out=out, verify_samples=1,
+                         random_weights=True, model_options={"image_size": "128x128"}))
+    assert main(["llm", str(out), "--format", "gguf", "--llm-layers", "2"]) == 2
     err = capsys.readouterr().err
-    assert "qwen2.5-vl-tiny's LLM is 'qwen2_5_vl_text'" in err and err.count("\n") == 1
-    assert not list(out.glob("*.gguf"))
+    assert "the LLM has 2 decoder layers for 2 DeepStack levels; llama.cpp adds level i after layer i" in err
+    assert err.count("\n") == 1 and not list(out.glob("*.gguf*"))

@@ -1,15 +1,18 @@
-"""Benchmark of full-size Qwen2.5-VL (random weights, the 3B layout) on this machine.
+"""Benchmark of full-size Qwen2.5-VL (the 3B layout) or Qwen3-VL (the 2B layout), random weights, on this machine.
 
 Prints, and writes as JSON with --json:
-  1. `vtp-export --model qwen2.5-vl --method holov --keep 64 --target orin --random-weights` (448x448, 256 merged
-     tokens, fp16 graph, TensorRT lint and parser): wall time and peak RSS of the process, against the target
-     peak < 2x the fp32 weights of the exported part (tower + merger);
-  2. `vtp-export profile --model qwen2.5-vl --random-weights --llm-layers 2 --method ... --keep 256,...`: per
-     export the vision graph's latency (onnxruntime, fp32 graph: tower + method + merger) next to `none`, and
-     the time to first token (prefill of a random 2-layer LLM of the 3B's width and vocabulary) as a ratio to
-     the unpruned prompt's, against the ideal ratio of the token counts.
+  1. `vtp-export --model M --method holov --keep 64 --target orin --random-weights` (the default size: 256 merged
+     tokens; fp16 graph, TensorRT lint and parser): wall time and peak RSS of the process, against the target
+     peak < 2x the fp32 weights of the exported part (tower + merger, and Qwen3-VL's DeepStack mergers);
+  2. `vtp-export profile --model M --random-weights --llm-layers 2 --method ... --keep 256,...`: per export the
+     vision graph's latency (onnxruntime, fp32 graph: tower + method + merger) next to `none`, and the time to
+     first token (prefill of a random 2-layer LLM of the model's width and vocabulary, transformers) as a ratio
+     to the unpruned prompt's, against the ideal ratio of the token counts;
+  3. with --gguf: that 2-layer LLM as GGUFs (`vtp-export llm --llm-layers 2`, f16 and q4_k_m: sizes) and the
+     profile of step 2 on llama.cpp (f16; methods that keep raster order, --gguf-methods).
 
-  .venv/bin/python tools/bench_qwen.py [--methods holov,dart,...] [--keeps 128,64] [--runs 5] [--json figures.json]
+  .venv/bin/python tools/bench_qwen.py [--model qwen3-vl] [--methods holov,dart,...] [--keeps 64,28] [--runs 5]
+      [--gguf] [--json figures.json]
 """
 
 import argparse
@@ -22,8 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MODEL = "qwen2.5-vl"
-UNPRUNED = 256  # merged tokens at the default 448x448
+UNPRUNED = 256  # merged tokens at the default size (Qwen2.5-VL 448x448, Qwen3-VL 512x512)
 
 
 def vtp_export(*args: str) -> subprocess.CompletedProcess:
@@ -33,9 +35,9 @@ def vtp_export(*args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def export_cost(scratch: Path) -> dict:
+def export_cost(model: str, scratch: Path) -> dict:
     out = scratch / "export"
-    args = ("--model", MODEL, "--method", "holov", "--keep", "64", "--target", "orin", "--random-weights",
+    args = ("--model", model, "--method", "holov", "--keep", "64", "--target", "orin", "--random-weights",
             "--out", str(out))
     start = time.perf_counter()
     vtp_export(*args)
@@ -50,37 +52,67 @@ def export_cost(scratch: Path) -> dict:
             "fp16_fidelity": vision["precision"]["fidelity"], "stage_timings_s": record["timings"]}
 
 
-def profile(methods: str, keeps: str, runs: int, scratch: Path) -> tuple[list[dict], dict]:
-    out = scratch / "profile"
-    vtp_export("profile", "--model", MODEL, "--random-weights", "--llm-layers", "2", "--method", methods,
+def ggufs(scratch: Path) -> dict:
+    """The export's random LLM cut to 2 layers as f16 and q4_k_m GGUFs: {quant: (path, MiB)}."""
+    files = {}
+    for quant in ("q4_k_m", "f16"):  # f16 last: the file the llama.cpp profile runs stays in the folder
+        vtp_export("llm", str(scratch / "export"), "--format", "gguf", "--quant", quant, "--llm-layers", "2")
+        path = scratch / "export" / f"llm-{quant}.gguf"
+        files[quant] = {"path": str(path), "mib": round(path.stat().st_size / 2**20)}
+    return files
+
+
+def profile(model: str, methods: str, keeps: str, runs: int, out: Path, *llm: str) -> tuple[list[dict], dict]:
+    """`llm`: the LLM's options (default: the random LLM cut to 2 layers, on transformers)."""
+    llm = llm or ("--llm-layers", "2")
+    vtp_export("profile", "--model", model, "--random-weights", *llm, "--method", methods,
                "--keep", f"{UNPRUNED},{keeps}", "--runs", str(runs), "--warmup", "1", "--out", str(out))
     report = json.loads((out / "report.json").read_text())
     return report["summary"], report["device"]
 
 
+def print_rows(rows: list[dict]) -> None:
+    unpruned = next(row for row in rows if row["method"] == "none")
+    print(f"{'method':12} {'tokens':>6} {'vision ms':>10} {'vs none':>8} {'prefill ms':>10} {'TTFT ratio':>10} "
+          f"{'ideal':>6}")
+    for row in rows:
+        print(f"{row['label']:12} {row['visual_tokens']:>6} {row['vision_graph_ms']:>10.0f} "
+              f"{row['vision_graph_ms'] / unpruned['vision_graph_ms']:>8.3f} {row['prefill_ms']:>10.1f} "
+              f"{row['ttft_ratio']:>10.3f} {row['ideal_ratio']:>6.3f}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="qwen2.5-vl", choices=("qwen2.5-vl", "qwen3-vl"))
     parser.add_argument("--methods", default="holov,dart,divprune,vispruner,uniform")
-    parser.add_argument("--keeps", default="128,64")
+    parser.add_argument("--keeps", default="64,28", help="25%% and 11%% of the 256 merged tokens by default")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--gguf", action="store_true", help="also the GGUF sizes and the profile on llama.cpp")
+    parser.add_argument("--gguf-methods", default="dart,divprune,uniform")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    figures = {"machine": f"{platform.processor() or platform.machine()}, {platform.system()} {platform.release()}"}
+    figures = {"model": args.model,
+               "machine": f"{platform.processor() or platform.machine()}, {platform.system()} {platform.release()}"}
     with tempfile.TemporaryDirectory(prefix="bench-qwen-") as scratch_name:
         scratch = Path(scratch_name)
-        figures["export"] = export_cost(scratch)
+        figures["export"] = export_cost(args.model, scratch)
         cost = figures["export"]
         print(f"export: {cost['wall_s']} s, peak RSS {cost['peak_rss_mib']} MiB = {cost['peak_over_weights']}x the "
               f"fp32 weights ({cost['weights_fp32_mib']} MiB); {cost['nodes']} nodes, {cost['tensorrt_layers']} "
               "TensorRT layers", flush=True)
-        figures["profile"], figures["device"] = profile(args.methods, args.keeps, args.runs, scratch)
-    unpruned = next(row for row in figures["profile"] if row["method"] == "none")
-    print(f"{'method':12} {'tokens':>6} {'vision ms':>10} {'vs none':>8} {'prefill ms':>10} {'TTFT ratio':>10} "
-          f"{'ideal':>6}")
-    for row in figures["profile"]:
-        print(f"{row['label']:12} {row['visual_tokens']:>6} {row['vision_graph_ms']:>10.0f} "
-              f"{row['vision_graph_ms'] / unpruned['vision_graph_ms']:>8.3f} {row['prefill_ms']:>10.1f} "
-              f"{row['ttft_ratio']:>10.3f} {row['ideal_ratio']:>6.3f}")
+        figures["profile"], figures["device"] = profile(args.model, args.methods, args.keeps, args.runs,
+                                                        scratch / "profile")
+        print("transformers LLM (2 layers, fp32):")
+        print_rows(figures["profile"])
+        if args.gguf:
+            files = ggufs(scratch)
+            figures["gguf_mib"] = {quant: entry["mib"] for quant, entry in files.items()}
+            print(f"GGUF (2 layers): {', '.join(f'{q} {mib} MiB' for q, mib in figures['gguf_mib'].items())}")
+            figures["profile_llama_cpp"], _ = profile(args.model, args.gguf_methods, args.keeps, args.runs,
+                                                      scratch / "profile-llama-cpp", "--llm-backend", "llama.cpp",
+                                                      "--llm", files["f16"]["path"])
+            print("llama.cpp LLM (2 layers, f16):")
+            print_rows(figures["profile_llama_cpp"])
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

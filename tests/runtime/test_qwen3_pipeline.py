@@ -2,7 +2,7 @@
 Qwen3VLForConditionalGeneration.generate() given the same pruning (the kept embeddings in the image span, each at
 the 3-D position HF's get_rope_index gives its token, their DeepStack levels added there by HF's own text model);
 `none` equals HF's own generate from the processor's pixels at a non-square size; the prompt is Qwen3-VL's chat
-template; the transformers backend lays the levels out over a left-padded batch; llama.cpp refuses the export."""
+template; the transformers backend lays the levels out over a left-padded batch (llama.cpp: test_qwen_llama_cpp.py)."""
 
 import numpy as np
 import pytest
@@ -15,7 +15,6 @@ from tests.runtime.hf_reference import exports_on_demand
 from vtp_export.checkpoint.load import load_vision_stack
 from vtp_export.checkpoint.locate import read_model_config
 from vtp_export.contract import WeightsFolder
-from vtp_export.errors import PipelineError
 from vtp_export.export.graph import VisionGraph
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
@@ -251,12 +250,3 @@ def test_batch_and_two_images_in_one_prompt(exports):
                               max_new_tokens=4)
     assert batch[0].token_ids == single[0] and batch[2].token_ids == single[1], "left padding changes nothing"
     assert batch[1].image_tokens == [KEEP, KEEP]
-
-
-@pytest.mark.slow
-def test_llama_cpp_refuses_a_deepstack_export(exports, capfd):
-    with pytest.raises(PipelineError) as error:
-        Pipeline.from_dir(exports("dart"), llm_backend="llama.cpp", position_ids="sequential")
-    message = str(error.value)
-    assert "deepstack_embeds" in message and "transformers LLM backend" in message and "\n" not in message
-    assert capfd.readouterr().err == ""

@@ -12,7 +12,6 @@ from tests.runtime.hf_reference import exports_on_demand
 from vtp_export.checkpoint.load import load_vision_stack
 from vtp_export.checkpoint.locate import read_model_config
 from vtp_export.contract import WeightsFolder
-from vtp_export.errors import PipelineError
 from vtp_export.export.graph import VisionGraph
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
@@ -113,13 +112,6 @@ def test_prompt_embeds_are_hf_input_embeddings_averaged_outside_the_image(qwen_c
         reference = prompt_embedding(hf, prompt_ids(qwen_checkpoint, TOKENS))
     assert ours.shape == (1, pipe.geometry.llm_width)
     np.testing.assert_allclose(ours, reference.numpy(), rtol=1e-6, atol=1e-7)
-
-
-def test_llama_cpp_refuses_the_prompt_conditioned_form_in_one_line(exports):
-    with pytest.raises(PipelineError) as error:
-        Pipeline.from_dir(exports("cdpruner"), llm_backend="llama.cpp", position_ids="sequential")
-    message = str(error.value)
-    assert "on the transformers LLM backend only" in message and "\n" not in message
 
 
 def test_none_equals_unmodified_hf_generate(qwen_checkpoint, hf, exports):

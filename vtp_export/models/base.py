@@ -50,8 +50,10 @@ class VisionLanguageModel:
     model_type: ClassVar[str]  # config.json's model_type of the checkpoints this reads
     signals: ClassVar[frozenset[Signal]]
     image_token: ClassVar[str]  # the prompt placeholder one image's tokens replace
+    image_pad_token: ClassVar[str]  # the special token of the placeholder that stands for the image's embeddings
     image_separator: ClassVar[str] = "\n"  # between the image placeholders a prompt without them gets, and its text
     default_position_ids: ClassVar[str] = "sequential"  # the runtime's position policy unless one is asked for
+    mrope: ClassVar[bool] = False  # the LLM takes (3, T) M-RoPE positions (text_positions, image_positions)
     hf_class: ClassVar[str]  # the transformers class of the whole model (its LLM half serves the runtime)
     canonical_repo: ClassVar[str | None] = None  # looked up offline in the HF cache without --weights
     # The CLIP model whose text side text-conditioned methods use (looked up offline like canonical_repo).

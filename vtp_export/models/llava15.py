@@ -40,7 +40,7 @@ class Llava15(VisionLanguageModel):
     summary = "LLaVA-1.5 (CLIP ViT-L/14-336, MLP projector, Vicuna-7B)"
     model_type = "llava"
     signals = CLIP_SIGNALS
-    image_token = "<image>"
+    image_token = image_pad_token = "<image>"
     canonical_repo = "llava-hf/llava-1.5-7b-hf"
     canonical_clip_repo: str | None = "openai/clip-vit-large-patch14-336"
     hf_class = "LlavaForConditionalGeneration"

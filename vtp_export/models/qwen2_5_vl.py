@@ -91,8 +91,10 @@ class Qwen25VL(VisionLanguageModel):
     model_type = "qwen2_5_vl"
     signals = frozenset({Signal.PATCH_SCORES, Signal.PROMPT_EMBEDS})
     image_token = "<|vision_start|><|image_pad|><|vision_end|>"
+    image_pad_token = "<|image_pad|>"
     image_separator = ""  # the chat template puts the question right after <|vision_end|>
     default_position_ids = "original"
+    mrope = True
     hf_class = "Qwen2_5_VLForConditionalGeneration"
     canonical_repo = "Qwen/Qwen2.5-VL-3B-Instruct"
     config_class: ClassVar[str] = "Qwen2_5_VLConfig"  # transformers' config class of the checkpoints

@@ -63,8 +63,9 @@ def tiny_vision() -> dict:
 
 
 def tiny_text() -> dict:
-    """Toy width with Qwen's vocabulary and special ids; mrope_section sums to head_dim / 2 = 8."""
-    return dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    """Toy width with Qwen's vocabulary and special ids; mrope_section sums to head_dim / 2 = 8. One layer more than
+    the DeepStack levels, as on the hub's checkpoints (llama.cpp's qwen3vl adds no level after the last layer)."""
+    return dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=16, vocab_size=151936, max_position_embeddings=4096,
                 rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 100.0,
                                                     "mrope_section": [4, 2, 2], "mrope_interleaved": True},

@@ -88,12 +88,10 @@ class Pipeline:
         except VtpError as error:
             raise PipelineError(str(error)) from None
         policy = position_ids or model.default_position_ids
-        if declared is not None and policy not in declared.position_policies:
+        if declared is not None and policy not in declared.policies(model.mrope):
             raise PipelineError(f"position_ids={policy!r}: {declared.position_refusal}")
         if record.method.text_conditioned and "text" not in record.graphs:
             raise PipelineError(f"{folder}: {record.method.name} is text-conditioned but the export has no text graph")
-        if record.method.prompt_conditioned and declared is not None and declared.prompt_embeds_refusal is not None:
-            raise PipelineError(f"{record.method.name} on {record.model.name}: {declared.prompt_embeds_refusal}")
         newline = hf_layout_newline(folder, record, layout)
         language_model = llm if not isinstance(llm, (str, Path, type(None))) else \
             declared.open(LlmRequest(folder, record, config, llm, llm_layers, device, dtype))

@@ -17,16 +17,18 @@ DEFAULT_LLM_BACKEND = "transformers"
 class LlmBackend:
     name: str
     module: str  # holds open_llm(LlmRequest) -> LanguageModelBackend
-    position_policies: tuple[str, ...]  # of POSITION_POLICIES
-    position_refusal: str = ""  # why the other policies are refused
+    position_policies: tuple[str, ...]  # of POSITION_POLICIES, on models with one position per token
+    position_refusal: str = ""  # why the other policies are refused there
+    mrope_position_policies: tuple[str, ...] = POSITION_POLICIES  # on M-RoPE models (VisionLanguageModel.mrope)
     layer_cut_refusal: str | None = None  # why llm_layers is refused; None: it cuts a random LLM to llm_layers
     devices: tuple[str, ...] = ()  # device types it takes ("cuda" for "cuda:1"); (): it places the LLM itself
     dtypes: tuple[str, ...] = ()  # weight dtypes it loads in; (): its weights file fixes them
     llm_format: str | None = None  # `vtp-export llm --format` of the file it runs; None: the export's checkpoint
     needs_torch: bool = False
-    # why it refuses prompt-conditioned exports (their text_embeds: the mean of the LLM's input embeddings over the
-    # prompt, LanguageModelBackend.mean_input_embedding); None: it computes that mean
-    prompt_embeds_refusal: str | None = None
+
+    def policies(self, mrope: bool) -> tuple[str, ...]:
+        """The position policies it runs on a model with M-RoPE positions or without."""
+        return self.mrope_position_policies if mrope else self.position_policies
 
     @property
     def weights(self) -> str:
@@ -81,6 +83,4 @@ register(LlmBackend(
                      "LLM backend",
     layer_cut_refusal="a GGUF has the layers it was converted with (vtp-export llm DIR --format gguf --llm-layers N)",
     llm_format="gguf",
-    prompt_embeds_refusal="the prompt's mean LLM input embedding it prunes by is computed on the transformers LLM "
-                          "backend only (--llm-backend transformers)",
 ))

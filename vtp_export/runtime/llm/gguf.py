@@ -1,7 +1,9 @@
-"""An export's language model as a GGUF file for llama.cpp: the LLaMA-architecture decoder and LM head of the
-transformers backend (the checkpoint's, or the seeded random weights of a random-weight export) with its
-tokenizer. f32 and f16 are written by gguf's writer; q8_0 and q4_k_m by llama.cpp's own quantizer from an f16
-file. Files appear whole or not at all; the export's config.json records the file (ExportRecord.llm)."""
+"""An export's language model as a GGUF file for llama.cpp: the decoder and LM head of the transformers backend (the
+checkpoint's, or the seeded random weights of a random-weight export) with its tokenizer, as llama.cpp's own
+architecture for the HF text model (GGUF_ARCHITECTURES: LLaMA, Qwen2.5-VL's qwen2vl, Qwen3-VL's qwen3vl), its
+tensors named by gguf's tensor-name table. f32 and f16 are written by gguf's writer; q8_0 and q4_k_m by llama.cpp's
+own quantizer from an f16 file. Files appear whole or not at all; the export's config.json records the file
+(ExportRecord.llm)."""
 
 import contextlib
 import ctypes
@@ -46,7 +48,38 @@ class Vocab:
     merges: list[str]
 
 
-GGUF_TEXT_MODELS = ("llama", "mistral")  # HF text model types llama.cpp runs as its "llama" architecture
+@dataclass(frozen=True)
+class GgufArchitecture:
+    """How llama.cpp runs one HF text model type."""
+
+    name: str  # llama.cpp's architecture, a value of gguf.MODEL_ARCH_NAMES
+    # llama.cpp's NORM rope rotates adjacent pairs where HF rotates half against half: q/k rows are reordered
+    # (rope_interleaved). Its NEOX and M-RoPE kinds rotate as HF does.
+    pair_rope: bool = False
+    mrope: bool = False  # M-RoPE: the text config's mrope_section becomes the rope dimension sections
+    deepstack: bool = False  # DeepStack levels arrive in the input embedding, after the main one (n_deepstack_layers)
+
+
+GGUF_ARCHITECTURES = {  # HF text model type -> the architecture llama.cpp runs it as
+    "llama": GgufArchitecture("llama", pair_rope=True),
+    "mistral": GgufArchitecture("llama", pair_rope=True),
+    "qwen2_5_vl_text": GgufArchitecture("qwen2vl", mrope=True),
+    "qwen3_vl_text": GgufArchitecture("qwen3vl", mrope=True, deepstack=True),
+}
+
+
+def gguf_architecture(text_config) -> GgufArchitecture:
+    """The architecture of `text_config`'s model type; WeightsError for one llama.cpp is not given here."""
+    architecture = GGUF_ARCHITECTURES.get(text_config.model_type)
+    if architecture is None:
+        raise WeightsError(f"vtp-export llm writes GGUFs of {', '.join(GGUF_ARCHITECTURES)} text models; this LLM is "
+                           f"{text_config.model_type!r}: run it with the transformers backend")
+    return architecture
+
+
+def model_arch(architecture: GgufArchitecture):
+    """gguf.MODEL_ARCH member of the architecture's name."""
+    return next(arch for arch, name in gguf.MODEL_ARCH_NAMES.items() if name == architecture.name)
 
 
 def gguf_file_name(quant: str) -> str:
@@ -69,10 +102,11 @@ def export_llm(folder: Path, quant: str = "f16", llm_folder: Path | None = None,
         config = runtime_config(folder, model)
     except VtpError as error:
         raise UsageError(str(error)) from None
-    text_type = config.text_config.model_type
-    if text_type not in GGUF_TEXT_MODELS:
-        raise UsageError(f"vtp-export llm writes LLaMA-architecture GGUFs ({', '.join(GGUF_TEXT_MODELS)}); "
-                         f"{model.name}'s LLM is {text_type!r}: run it with the transformers backend")
+    try:
+        gguf_architecture(config.text_config)
+    except WeightsError as error:
+        raise UsageError(f"{model.name}: {error}") from None
+    deepstack_levels = len(getattr(config.vision_config, "deepstack_visual_indexes", None) or ())
     checkpoint = llm_folder or (weights.path if isinstance(weights, WeightsFolder) else None)
     if checkpoint is not None:
         if llm_layers is not None:
@@ -86,28 +120,37 @@ def export_llm(folder: Path, quant: str = "f16", llm_folder: Path | None = None,
     else:  # seeded random weights; the stand-in tokenizer the export folder carries
         llm = TransformersLanguageModel.random(model, config, weights.seed, llm_layers)
         tokenizer_folder = folder / RUNTIME_FOLDER
-    written = write_gguf(llm, tokenizer_folder, folder / gguf_file_name(quant), quant)
+    written = write_gguf(llm, tokenizer_folder, folder / gguf_file_name(quant), quant, deepstack_levels)
     update_export(folder, {("llm",): written})
     if record.llm is not None and record.llm.file != written.file:
         (folder / record.llm.file).unlink(missing_ok=True)  # the folder holds what its record lists
     return written
 
 
-def write_gguf(llm: TransformersLanguageModel, tokenizer_folder: Path, out: Path, quant: str = "f16") -> LlmFile:
-    """Write `llm` with the tokenizer files of `tokenizer_folder` to `out` (a temp file renamed into place)."""
+def write_gguf(llm: TransformersLanguageModel, tokenizer_folder: Path, out: Path, quant: str = "f16",
+               deepstack_levels: int = 0) -> LlmFile:
+    """Write `llm` with the tokenizer files of `tokenizer_folder` to `out` (a temp file renamed into place);
+    `deepstack_levels`: the DeepStack levels its image embeddings carry (Qwen3-VL: the vision config's
+    deepstack_visual_indexes)."""
     if quant not in QUANTS:
         raise UsageError(f"quant {quant!r} is not one of {', '.join(QUANTS)}")
     if gguf is None:
         raise ExportError("the GGUF export needs the gguf package: pip install 'vtp-export[llama]'")
     config = llm.config
+    architecture = gguf_architecture(config)
+    if deepstack_levels and not architecture.deepstack:
+        raise WeightsError(f"llama.cpp's {architecture.name} takes no DeepStack levels")
+    if deepstack_levels >= config.num_hidden_layers:
+        raise UsageError(f"the LLM has {config.num_hidden_layers} decoder layers for {deepstack_levels} DeepStack "
+                         "levels; llama.cpp adds level i after layer i and needs a layer after the last level")
     vocab = read_vocab(tokenizer_folder, llm.tokenizer, config.vocab_size)
     with staged_file(out) as stage:
         if quant in ("f32", "f16"):
-            write_weights(llm, vocab, tokenizer_folder, stage, quant)
+            write_weights(llm, architecture, deepstack_levels, vocab, tokenizer_folder, stage, quant)
         else:
             f16 = stage.with_name(stage.name + ".f16")
             try:
-                write_weights(llm, vocab, tokenizer_folder, f16, "f16")
+                write_weights(llm, architecture, deepstack_levels, vocab, tokenizer_folder, f16, "f16")
                 quantize(f16, stage, quant)
             finally:
                 f16.unlink(missing_ok=True)
@@ -115,10 +158,10 @@ def write_gguf(llm: TransformersLanguageModel, tokenizer_folder: Path, out: Path
                     config.num_hidden_layers, vocab.model, llm.source)
 
 
-def write_weights(llm: TransformersLanguageModel, vocab: Vocab, tokenizer_folder: Path, path: Path,
-                  quant: str) -> None:
+def write_weights(llm: TransformersLanguageModel, architecture: GgufArchitecture, deepstack_levels: int, vocab: Vocab,
+                  tokenizer_folder: Path, path: Path, quant: str) -> None:
     config = llm.config
-    writer = gguf.GGUFWriter(path, "llama")
+    writer = gguf.GGUFWriter(path, architecture.name)
     try:
         writer.add_name(Path(llm.source).name if not llm.source.startswith("random(") else llm.source)
         writer.add_context_length(config.max_position_embeddings)
@@ -127,13 +170,19 @@ def write_weights(llm: TransformersLanguageModel, vocab: Vocab, tokenizer_folder
         writer.add_feed_forward_length(config.intermediate_size)
         writer.add_head_count(config.num_attention_heads)
         writer.add_head_count_kv(config.num_key_value_heads)
+        writer.add_key_length(head_dim(config))
+        writer.add_value_length(head_dim(config))
         writer.add_rope_dimension_count(head_dim(config))
         writer.add_rope_freq_base(float(rope_theta(config)))
+        if architecture.mrope:
+            writer.add_rope_dimension_sections(mrope_sections(config))
+        if architecture.deepstack:
+            writer.add_num_deepstack_layers(deepstack_levels)
         writer.add_layer_norm_rms_eps(config.rms_norm_eps)
         writer.add_vocab_size(config.vocab_size)
         writer.add_file_type(gguf.LlamaFileType.ALL_F32 if quant == "f32" else gguf.LlamaFileType.MOSTLY_F16)
         add_vocab(writer, vocab, tokenizer_folder, config.vocab_size)
-        tensors = list(named_tensors(llm))
+        tensors = list(named_tensors(llm, architecture))
         for name, tensor in tensors:
             dtype = np.float32 if quant == "f32" or tensor.ndim == 1 else np.float16
             nbytes = tensor.numel() * np.dtype(dtype).itemsize
@@ -143,7 +192,7 @@ def write_weights(llm: TransformersLanguageModel, vocab: Vocab, tokenizer_folder
         writer.write_ti_data_to_file()
         for name, tensor in tensors:  # one tensor converted at a time: memory stays at the model's own
             dtype = np.float32 if quant == "f32" or tensor.ndim == 1 else np.float16
-            writer.write_tensor_data(tensor_array(name, tensor, config).astype(dtype, copy=False))
+            writer.write_tensor_data(tensor_array(name, tensor, config, architecture).astype(dtype, copy=False))
     finally:
         writer.close()
 
@@ -152,27 +201,41 @@ def head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
+def rope_parameters(config) -> dict:
+    return getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+
+
 def rope_theta(config) -> float:
-    parameters = getattr(config, "rope_parameters", None) or {}
+    parameters = rope_parameters(config)
     if parameters.get("rope_type", "default") != "default":
         raise WeightsError(f"rope scaling {parameters['rope_type']!r} is not supported by the GGUF export")
     return parameters.get("rope_theta", getattr(config, "rope_theta", 10000.0))
 
 
-def named_tensors(llm: TransformersLanguageModel) -> Iterator[tuple[str, torch.Tensor]]:
+def mrope_sections(config) -> list[int]:
+    """The M-RoPE sections (t, h, w) padded to llama.cpp's four."""
+    sections = list(rope_parameters(config).get("mrope_section") or ())
+    if not 1 <= len(sections) <= 4:
+        raise WeightsError(f"the LLM's rope parameters have no M-RoPE sections (mrope_section: {sections})")
+    return sections + [0] * (4 - len(sections))
+
+
+def named_tensors(llm: TransformersLanguageModel, architecture: GgufArchitecture) -> Iterator[tuple[str, torch.Tensor]]:
     """(GGUF name, tensor) of the decoder and head, in HF order."""
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, llm.config.num_hidden_layers)
+    names = gguf.get_tensor_name_map(model_arch(architecture), llm.config.num_hidden_layers)
     state = {f"model.{key}": value for key, value in llm.decoder.state_dict().items()}
     state["lm_head.weight"] = llm.head.weight
     for hf_name, tensor in state.items():
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
-            raise WeightsError(f"the LLM has a tensor {hf_name} that a LLaMA GGUF has no place for")
+            raise WeightsError(f"the LLM has a tensor {hf_name} that a {architecture.name} GGUF has no place for")
         yield name, tensor.detach()
 
 
-def tensor_array(name: str, tensor: torch.Tensor, config) -> np.ndarray:
+def tensor_array(name: str, tensor: torch.Tensor, config, architecture: GgufArchitecture) -> np.ndarray:
     array = tensor.float().cpu().numpy() if tensor.dtype == torch.bfloat16 else tensor.cpu().numpy()
+    if not architecture.pair_rope:
+        return array
     if name.endswith("attn_q.weight"):
         return rope_interleaved(array, config.num_attention_heads)
     if name.endswith("attn_k.weight"):
@@ -246,10 +309,28 @@ def byte_level_vocab(folder: Path, tokenizer) -> Vocab:
         types.append(gguf.TokenType.CONTROL if token_id in special_ids else gguf.TokenType.NORMAL)
     with quiet(("gguf",)):  # its vocab reader warns about tokenizer.json details llama.cpp never uses
         merges = gguf.SpecialVocab(folder, load_merges=True).merges or [INERT_MERGE]
-    pre_tokenizer = json.loads((folder / "tokenizer.json").read_text()).get("pre_tokenizer") or {}
-    if pre_tokenizer.get("type") != "ByteLevel" or not pre_tokenizer.get("use_regex", True):
+    pre = byte_level_pre(json.loads((folder / "tokenizer.json").read_text()).get("pre_tokenizer") or {})
+    if pre is None:
         raise WeightsError(f"the byte-level tokenizer of {folder} splits text in a way llama.cpp does not know")
-    return Vocab("gpt2", "gpt-2", tokens, None, types, merges)
+    return Vocab("gpt2", pre, tokens, None, types, merges)
+
+
+# Qwen2's split (tokenizer.json of Qwen2, Qwen2.5-VL, Qwen3-VL), before its byte-level step: llama.cpp's "qwen2"
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+               r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def byte_level_pre(pre_tokenizer: dict) -> str | None:
+    """llama.cpp's name of a byte-level tokenizer's pre-tokenizer (tokenizer.ggml.pre): GPT-2's own regex, or
+    Qwen2's split followed by a byte-level step without its regex; None for any other."""
+    if pre_tokenizer.get("type") == "ByteLevel" and pre_tokenizer.get("use_regex", True):
+        return "gpt-2"
+    steps = pre_tokenizer.get("pretokenizers") or []
+    if (pre_tokenizer.get("type") == "Sequence" and len(steps) == 2 and steps[0].get("type") == "Split"
+            and (steps[0].get("pattern") or {}).get("Regex") == QWEN2_SPLIT
+            and steps[1].get("type") == "ByteLevel" and not steps[1].get("use_regex", True)):
+        return "qwen2"
+    return None
 
 
 def special_token_ids(tokenizer) -> set[int]:

@@ -7,9 +7,19 @@ on its own, then every step decodes one token of every unfinished request in one
 not fit the context together (cells or sequences) run in rounds, one round after another.
 
 Position ids: llama.cpp requires a LLaMA model's positions to be consecutive (it refuses a batch that starts
-anywhere but one past the sequence's last cached position, or that has gaps), so this backend runs the
-runtime's `sequential` policy only. Layers go to the GPU where llama-cpp-python was built with one (llama.cpp's
-default: all of them), else everything runs on the CPU.
+anywhere but one past the sequence's last cached position, or that has gaps), so on LLaMA this backend runs the
+runtime's `sequential` policy only. The Qwen architectures (qwen2vl, qwen3vl) take M-RoPE positions: text tokens
+one position (llama.cpp repeats it on three planes), image embeddings four planes each (t, h, w, t), so the
+kept tokens sit at their original (t, h, w). On qwen3vl (interleaved M-RoPE) text goes in as embeddings too:
+llama.cpp gives text 0 on the fourth plane, which rotates the last pairs there, where HF rotates them by t.
+(Its qwen2vl normalises without the RMSNorm epsilon, which its loader never reads: README, LLM on llama.cpp.)
+llama.cpp masks an image's tokens by (t, h, w) order instead of their order in the sequence; that is the
+sequence's causal mask only where the tokens come in raster order, one per position, which is checked (HoloV's
+order by attention and its padding are refused at original positions, one line naming the sequential policy and
+the transformers backend). Qwen3-VL's DeepStack levels go in with the image embeddings, each row the main
+embedding and then each level's (llama.cpp's qwen3vl adds level i after decoder layer i).
+Layers go to the GPU where llama-cpp-python was built with one (llama.cpp's default: all of them), else
+everything runs on the CPU.
 """
 
 import contextlib
@@ -31,9 +41,9 @@ from vtp_export.runtime.llm.protocol import Generated, LlmRequest, OnToken, Segm
 LOG_LEVEL_ERROR = 3  # ggml_log_level
 LOG_LEVEL_CONT = 5  # continues the previous message
 MAX_BATCH = 2048  # tokens per llama_decode call; longer segments go in several
+ARCHITECTURES = ("llama", "qwen2vl", "qwen3vl")  # what `vtp-export llm` writes (gguf.GGUF_ARCHITECTURES)
+MROPE_PLANES = 4  # positions per image embedding on llama.cpp's M-RoPE architectures (GGML_MROPE_SECTIONS)
 CONSECUTIVE = "llama.cpp needs consecutive positions on LLaMA models (position_ids='sequential')"
-DEEPSTACK = ("the llama.cpp backend does not add DeepStack levels inside the LLM (Qwen3-VL) yet; use the transformers "
-             "LLM backend")
 
 
 class LlamaLog:
@@ -101,10 +111,23 @@ class LlamaCppLanguageModel:
         self.num_layers = llama_cpp.llama_model_n_layer(model)
         self.eos_token_id = llama_cpp.llama_vocab_eos(self.vocab)
         self.image_token_id = -1  # set by open_llm from the model's placeholder
+        rope = llama_cpp.llama_model_rope_type(model)
+        self.mrope = rope in (llama_cpp.LLAMA_ROPE_TYPE_MROPE, llama_cpp.LLAMA_ROPE_TYPE_IMROPE)
+        # llama.cpp gives text tokens 0 on the fourth plane, which its interleaved M-RoPE (Qwen3-VL) rotates the last
+        # pairs by where HF rotates them by t: text goes in as embeddings of the GGUF's token table, with t there
+        self.text_as_embeddings = rope == llama_cpp.LLAMA_ROPE_TYPE_IMROPE
+        self.deepstack_levels = llama_cpp.llama_model_n_embd_inp(model) // self.hidden_size - 1
         self.n_seq_max = n_seq_max
         self.batch_size = min(MAX_BATCH, self.context_length)
         self.token_batch = llama_cpp.llama_batch_init(self.batch_size, 0, 1)
-        self.embed_batch = llama_cpp.llama_batch_init(self.batch_size, self.hidden_size, 1)
+        self.embed_batch = llama_cpp.llama_batch_init(self.batch_size, llama_cpp.llama_model_n_embd_inp(model), 1)
+        # llama_batch_init gives one position per token; M-RoPE image embeddings take MROPE_PLANES, plane-major
+        self.embed_positions = (llama_cpp.llama_pos * (MROPE_PLANES * self.batch_size))()
+        # the address llama_batch_free frees (a pointer field read from a ctypes struct is a view of the field)
+        self.embed_batch_positions = ctypes.cast(self.embed_batch.pos, ctypes.c_void_p).value
+        if self.mrope:
+            self.embed_batch.pos = ctypes.cast(self.embed_positions, ctypes.POINTER(llama_cpp.llama_pos))
+        self.token_embeddings = None  # GGUF token_embd table, read on first use (mean_input_embedding)
 
     @classmethod
     def from_gguf(cls, path: str | Path, n_threads: int | None = None, n_ctx: int | None = None,
@@ -121,10 +144,10 @@ class LlamaCppLanguageModel:
             if not model:
                 raise PipelineError(f"llama.cpp cannot load {path}: {log.last_error() or 'not a model GGUF'}")
         architecture = model_metadata(llama_cpp, model, "general.architecture")
-        if architecture != "llama":
+        if architecture not in ARCHITECTURES:
             llama_cpp.llama_model_free(model)
-            raise PipelineError(f"{path} holds a {architecture!r} model; the runtime takes the LLaMA-architecture "
-                                "LLMs that vtp-export llm writes")
+            raise PipelineError(f"{path} holds a {architecture!r} model; the runtime takes the LLMs that vtp-export "
+                                f"llm writes ({', '.join(ARCHITECTURES)})")
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx or llama_cpp.llama_model_n_ctx_train(model)
         params.n_batch = min(MAX_BATCH, params.n_ctx)
@@ -166,6 +189,21 @@ class LlamaCppLanguageModel:
                 return text.raw[:count].decode("utf-8", "replace")
             capacity = -count
 
+    def input_embeddings(self, ids: np.ndarray) -> np.ndarray:
+        """(T, D) float32 rows of the GGUF's token_embd table (dequantized), as llama.cpp looks them up."""
+        if self.token_embeddings is None:
+            self.token_embeddings = read_token_embeddings(Path(self.source))
+        table = self.token_embeddings
+        rows = gguf_dequantize(table.data[np.asarray(ids, dtype=np.int64)], table.tensor_type)
+        return rows.astype(np.float32, copy=False).reshape(len(ids), self.hidden_size)
+
+    def mean_input_embedding(self, ids: list[int]) -> np.ndarray:
+        """(D,) float32 mean of the LLM's input embeddings of `ids`, as the transformers backend takes the mean of its
+        embed_tokens rows."""
+        if not ids:
+            raise PipelineError("the prompt has no text tokens to condition the pruning on")
+        return self.input_embeddings(np.asarray(ids)).mean(axis=0)
+
     def generate(self, requests: list[list[Segment]], max_new_tokens: int, temperature: float = 0.0,
                  seed: int = 0, on_token: OnToken | None = None) -> Generated:
         """Prefill each request's segments, then decode all of them together, one token per step, until
@@ -181,6 +219,9 @@ class LlamaCppLanguageModel:
         if not requests:
             raise PipelineError("no requests to generate for")
         lengths = [self.checked_length(i, segments, max_new_tokens) for i, segments in enumerate(requests)]
+        # decoding continues one past the prompt's last position (its t plane on M-RoPE: text ends every prompt)
+        after = [int(next(s for s in reversed(segments) if len(s)).positions[..., -1].max()) + 1
+                 for segments in requests]
         rng = np.random.default_rng(seed)
         tokens: list[list[int]] = [[] for _ in requests]
         start = time.perf_counter()
@@ -193,7 +234,7 @@ class LlamaCppLanguageModel:
                 for segment in requests[request]:
                     if len(segment):
                         logits[request] = self.prefill(seq, segment)
-            next_position = {request: lengths[request] for request in round_}  # positions are 0..length - 1
+            next_position = {request: after[request] for request in round_}
             active = self.choose(round_, logits, tokens, temperature, rng, on_token)
             if first_token_s is None:
                 first_token_s = time.perf_counter() - start
@@ -211,28 +252,26 @@ class LlamaCppLanguageModel:
     def checked_length(self, index: int, segments: list[Segment], max_new_tokens: int) -> int:
         if not segments:
             raise PipelineError(f"request {index} has no segments")
-        previous = -1
+        previous = None  # the last position so far: an int, or (t, h, w) on M-RoPE
         for segment in segments:
             if (segment.token_ids is None) == (segment.embeds is None):
                 raise PipelineError(f"request {index}: a segment has to hold either token_ids or embeds")
-            if segment.positions.ndim != 1:
-                raise PipelineError(f"request {index}: positions of shape {segment.positions.shape}; {CONSECUTIVE}, "
-                                    "one per token")
             count = len(segment.token_ids) if segment.token_ids is not None else len(segment.embeds)
-            if count != len(segment.positions):
-                raise PipelineError(f"request {index}: a segment of {count} tokens has {len(segment.positions)} "
+            planes = segment.positions.shape[0] if segment.positions.ndim == 2 else 0
+            if (self.mrope and planes != 3) or (not self.mrope and segment.positions.ndim != 1):
+                raise PipelineError(f"request {index}: positions of shape {segment.positions.shape}; this LLM takes "
+                                    + ("(3, T) M-RoPE positions" if self.mrope else f"(T,) ones: {CONSECUTIVE}"))
+            if count != segment.positions.shape[-1]:
+                raise PipelineError(f"request {index}: a segment of {count} tokens has {segment.positions.shape[-1]} "
                                     "positions")
             if count == 0:
                 continue
-            if segment.deepstack is not None:
-                raise PipelineError(f"request {index}: image embeddings with DeepStack levels; {DEEPSTACK}")
-            if segment.embeds is not None and segment.embeds.shape[1:] != (self.hidden_size,):
-                raise PipelineError(f"request {index}: image embeddings of shape {tuple(segment.embeds.shape)}; "
-                                    f"the LLM takes (T, {self.hidden_size})")
-            if segment.token_ids is not None and not (0 <= segment.token_ids.min() and
-                                                      segment.token_ids.max() < self.vocab_size):
-                raise PipelineError(f"request {index}: token ids outside the vocabulary of {self.vocab_size}")
-            expected = np.arange(previous + 1, previous + 1 + count)
+            self.check_inputs(index, segment)
+            if self.mrope:
+                previous = check_mrope_positions(index, segment, previous)
+                continue
+            start = 0 if previous is None else previous + 1
+            expected = np.arange(start, start + count)
             if (segment.positions != expected).any():
                 bad = int(np.flatnonzero(segment.positions != expected)[0])
                 raise PipelineError(f"request {index}: position {int(segment.positions[bad])} where {expected[bad]} "
@@ -245,6 +284,18 @@ class LlamaCppLanguageModel:
             raise PipelineError(f"prompt of {length} tokens (images included) + {max_new_tokens} new tokens exceeds "
                                 f"the llama.cpp context of {self.context_length}")
         return length
+
+    def check_inputs(self, index: int, segment: Segment) -> None:
+        levels = 0 if segment.deepstack is None else segment.deepstack.shape[0]
+        if segment.embeds is not None and levels != self.deepstack_levels:
+            raise PipelineError(f"request {index}: image embeddings with {levels} DeepStack levels; this LLM takes "
+                                f"{self.deepstack_levels}")
+        if segment.embeds is not None and segment.embeds.shape[1:] != (self.hidden_size,):
+            raise PipelineError(f"request {index}: image embeddings of shape {tuple(segment.embeds.shape)}; "
+                                f"the LLM takes (T, {self.hidden_size})")
+        if segment.token_ids is not None and not (0 <= segment.token_ids.min() and
+                                                  segment.token_ids.max() < self.vocab_size):
+            raise PipelineError(f"request {index}: token ids outside the vocabulary of {self.vocab_size}")
 
     def rounds(self, lengths: list[int], max_new_tokens: int) -> Iterator[list[int]]:
         """Requests in order, grouped so that each group fits the context's cells and sequences."""
@@ -262,30 +313,54 @@ class LlamaCppLanguageModel:
         """Decode a segment into sequence `seq`; the logits after its last token."""
         for start in range(0, len(segment), self.batch_size):
             stop = min(start + self.batch_size, len(segment))
-            if segment.token_ids is not None:
-                batch = self.token_batch
-                fill(batch.token, segment.token_ids[start:stop], np.int32)
+            positions = segment.positions[..., start:stop]
+            if segment.token_ids is not None and not self.text_as_embeddings:
+                self.token_batch_run(segment.token_ids[start:stop], positions[0] if self.mrope else positions, [seq])
+            elif segment.token_ids is not None:
+                self.embed_batch_run(self.input_embeddings(segment.token_ids[start:stop]), None, positions, [seq])
             else:
-                batch = self.embed_batch
-                fill(batch.embd, segment.embeds[start:stop], np.float32)
-            self.set_batch(batch, segment.positions[start:stop], [seq] * (stop - start), last_only=True)
-            self.run_batch(batch)
+                levels = None if segment.deepstack is None else segment.deepstack[:, start:stop]
+                self.embed_batch_run(segment.embeds[start:stop], levels, positions, [seq])
         return self.logits(stop - start - 1)
+
+    def token_batch_run(self, ids: np.ndarray, positions: np.ndarray, seqs: list[int], last_only: bool = True) -> None:
+        """Decode text tokens, one position each (llama.cpp repeats it on every M-RoPE plane but the fourth)."""
+        fill(self.token_batch.token, ids, np.int32)
+        self.set_batch(self.token_batch, positions, seqs * len(ids) if len(seqs) == 1 else seqs, last_only)
+        self.run_batch(self.token_batch)
+
+    def embed_batch_run(self, embeds: np.ndarray, levels: np.ndarray | None, positions: np.ndarray, seqs: list[int],
+                        last_only: bool = True) -> None:
+        """Decode input embeddings (with their DeepStack levels, zero where none) at (T,) or (3, T) positions."""
+        width = self.hidden_size * (1 + self.deepstack_levels)
+        rows = np.zeros((len(embeds), width), dtype=np.float32)
+        rows[:, :self.hidden_size] = embeds
+        if levels is not None:
+            rows[:, self.hidden_size:] = np.concatenate(list(levels), axis=1)
+        if self.mrope:  # plane-major (t, h, w, t): llama.cpp's interleaved M-RoPE rotates the last pairs past 3 x the
+            # h and w sections by the fourth plane, where HF's keeps t
+            positions = np.concatenate([positions, positions[:1]]).reshape(-1)
+        fill(self.embed_batch.embd, rows, np.float32)
+        self.set_batch(self.embed_batch, positions, seqs * len(embeds) if len(seqs) == 1 else seqs, last_only)
+        self.run_batch(self.embed_batch)
 
     def decode_step(self, round_: list[int], active: list[int], tokens: list[list[int]],
                     next_position: dict[int, int]) -> dict[int, np.ndarray]:
         """One new token for every active request, in one batch; their logits."""
-        batch = self.token_batch
-        fill(batch.token, np.array([tokens[request][-1] for request in active]), np.int32)
+        ids = np.array([tokens[request][-1] for request in active])
         positions = np.array([next_position[request] for request in active])
-        self.set_batch(batch, positions, [round_.index(request) for request in active], last_only=False)
-        self.run_batch(batch)
+        seqs = [round_.index(request) for request in active]
+        if self.text_as_embeddings:
+            self.embed_batch_run(self.input_embeddings(ids), None, np.broadcast_to(positions, (3, len(ids))), seqs,
+                                 last_only=False)
+        else:
+            self.token_batch_run(ids, positions, seqs, last_only=False)
         for request in active:
             next_position[request] += 1
         return {request: self.logits(i) for i, request in enumerate(active)}
 
     def set_batch(self, batch, positions: np.ndarray, seqs: list[int], last_only: bool) -> None:
-        count = len(positions)
+        count = len(seqs)
         fill(batch.pos, positions, np.int32)
         fill(batch.n_seq_id, np.ones(count), np.int32)
         for i, seq in enumerate(seqs):
@@ -322,6 +397,7 @@ class LlamaCppLanguageModel:
     def close(self) -> None:
         if self.context is not None:
             self.llama_cpp.llama_batch_free(self.token_batch)
+            self.embed_batch.pos = ctypes.cast(self.embed_batch_positions, ctypes.POINTER(self.llama_cpp.llama_pos))
             self.llama_cpp.llama_batch_free(self.embed_batch)
             self.llama_cpp.llama_free(self.context)
             self.llama_cpp.llama_model_free(self.model)
@@ -339,8 +415,7 @@ def open_llm(request: LlmRequest) -> LlamaCppLanguageModel:
     checked to fit the export: the image embeddings' width, the recorded vocabulary, the model's image
     placeholder as one special token. A DeepStack export is refused first."""
     folder, record, llm = request.folder, request.record, request.llm
-    if any(spec.name == DEEPSTACK_EMBEDS for spec in record.graphs["vision"].outputs):
-        raise PipelineError(f"{folder}: {record.model.name}'s vision graph outputs {DEEPSTACK_EMBEDS}; {DEEPSTACK}")
+    deepstack = next((spec.shape[1] for spec in record.graphs["vision"].outputs if spec.name == DEEPSTACK_EMBEDS), 0)
     if llm is None:
         if record.llm is None:
             raise PipelineError(f"{folder} has no GGUF of its LLM: write one with vtp-export llm {folder} --format gguf"
@@ -360,7 +435,10 @@ def open_llm(request: LlmRequest) -> LlamaCppLanguageModel:
         if record.llm is not None and model.vocab_size != record.llm.n_vocab:
             raise PipelineError(f"{path}: the LLM has {model.vocab_size} tokens; the export's GGUF (config.json) has "
                                 f"{record.llm.n_vocab}")
-        placeholder = MODELS.get(record.model.name).image_token
+        if model.deepstack_levels != deepstack:
+            raise PipelineError(f"{path}: the LLM takes {model.deepstack_levels} DeepStack levels with its image "
+                                f"embeddings; the export's vision graph gives {deepstack}")
+        placeholder = MODELS.get(record.model.name).image_pad_token
         ids = model.tokenize(placeholder, add_bos=False)
         if len(ids) != 1:
             raise PipelineError(f"{path}: its tokenizer has no special token {placeholder} (it gives {len(ids)} ids); "
@@ -370,6 +448,43 @@ def open_llm(request: LlmRequest) -> LlamaCppLanguageModel:
         model.close()
         raise
     return model
+
+
+def check_mrope_positions(index: int, segment: Segment, previous: tuple[int, ...] | None) -> tuple[int, ...]:
+    """PipelineError unless llama.cpp's M-RoPE mask, which orders tokens by (t, h, w) position rather than by their
+    place in the sequence, is the sequence's causal mask: every position after the one before it in (t, h, w)
+    order (an image's tokens in raster order, none sharing a position), and text tokens each at a new t, as
+    llama.cpp requires. The segment's last position."""
+    triples = [tuple(int(v) for v in column) for column in segment.positions.T]
+    if previous is not None:
+        triples.insert(0, previous)
+    if segment.token_ids is not None and any(b[0] <= a[0] for a, b in zip(triples, triples[1:])):
+        raise PipelineError(f"request {index}: text tokens need a t of their own each, after every position before "
+                            "them (llama.cpp's M-RoPE)")
+    if any(b <= a for a, b in zip(triples, triples[1:])):
+        raise PipelineError(f"request {index}: image tokens out of raster order or sharing a position (the method's "
+                            "order, or padding); llama.cpp's M-RoPE masks tokens by position, so it cannot run them at "
+                            "their original positions: use position_ids='sequential' or the transformers LLM backend")
+    return triples[-1]
+
+
+def read_token_embeddings(path: Path):
+    """The token_embd tensor of a GGUF (gguf.GGUFReader, memory-mapped)."""
+    try:
+        import gguf
+    except ImportError:
+        raise PipelineError("the prompt's mean embedding on llama.cpp reads the GGUF with the gguf package: pip "
+                            "install 'vtp-export[llama]'") from None
+    for tensor in gguf.GGUFReader(path).tensors:
+        if tensor.name == "token_embd.weight":
+            return tensor
+    raise PipelineError(f"{path} has no token_embd.weight tensor")
+
+
+def gguf_dequantize(data: np.ndarray, tensor_type) -> np.ndarray:
+    import gguf
+
+    return gguf.quants.dequantize(data, tensor_type)
 
 
 def sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:

@@ -71,8 +71,7 @@ class LanguageModelBackend(Protocol):
     def decode(self, ids: list[int]) -> str: ...
 
     def mean_input_embedding(self, ids: list[int]) -> np.ndarray:
-        """(D,) float32 mean of the LLM's input embeddings of `ids` (prompt-conditioned methods' text_embeds); a
-        backend that cannot compute it declares LlmBackend.prompt_embeds_refusal."""
+        """(D,) float32 mean of the LLM's input embeddings of `ids` (prompt-conditioned methods' text_embeds)."""
 
     def generate(self, requests: list[list[Segment]], max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
                  on_token: OnToken | None = None) -> Generated: ...
