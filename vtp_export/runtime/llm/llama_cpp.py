@@ -315,18 +315,21 @@ class LlamaCppLanguageModel:
             stop = min(start + self.batch_size, len(segment))
             positions = segment.positions[..., start:stop]
             if segment.token_ids is not None and not self.text_as_embeddings:
-                self.token_batch_run(segment.token_ids[start:stop], positions[0] if self.mrope else positions, [seq])
+                self.token_batch_run(segment.token_ids[start:stop], positions[0] if self.mrope else positions,
+                                     [seq] * (stop - start))
             elif segment.token_ids is not None:
-                self.embed_batch_run(self.input_embeddings(segment.token_ids[start:stop]), None, positions, [seq])
+                self.embed_batch_run(self.input_embeddings(segment.token_ids[start:stop]), None, positions,
+                                     [seq] * (stop - start))
             else:
                 levels = None if segment.deepstack is None else segment.deepstack[:, start:stop]
-                self.embed_batch_run(segment.embeds[start:stop], levels, positions, [seq])
+                self.embed_batch_run(segment.embeds[start:stop], levels, positions, [seq] * (stop - start))
         return self.logits(stop - start - 1)
 
     def token_batch_run(self, ids: np.ndarray, positions: np.ndarray, seqs: list[int], last_only: bool = True) -> None:
-        """Decode text tokens, one position each (llama.cpp repeats it on every M-RoPE plane but the fourth)."""
+        """Decode text tokens (sequence of each in `seqs`), one position each (llama.cpp repeats it on the first three
+        M-RoPE planes)."""
         fill(self.token_batch.token, ids, np.int32)
-        self.set_batch(self.token_batch, positions, seqs * len(ids) if len(seqs) == 1 else seqs, last_only)
+        self.set_batch(self.token_batch, positions, seqs, last_only)
         self.run_batch(self.token_batch)
 
     def embed_batch_run(self, embeds: np.ndarray, levels: np.ndarray | None, positions: np.ndarray, seqs: list[int],
@@ -341,7 +344,7 @@ class LlamaCppLanguageModel:
             # h and w sections by the fourth plane, where HF's keeps t
             positions = np.concatenate([positions, positions[:1]]).reshape(-1)
         fill(self.embed_batch.embd, rows, np.float32)
-        self.set_batch(self.embed_batch, positions, seqs * len(embeds) if len(seqs) == 1 else seqs, last_only)
+        self.set_batch(self.embed_batch, positions, seqs, last_only)
         self.run_batch(self.embed_batch)
 
     def decode_step(self, round_: list[int], active: list[int], tokens: list[list[int]],
