@@ -69,6 +69,7 @@ def serve(settings: ServeSettings) -> int:
 
 
 async def run_server(settings: ServeSettings, root: Path) -> int:
+    import uvicorn
     from vllm.v1.engine.async_llm import AsyncLLM
 
     args = engine_args(root, settings.folder.name, settings.engine)
