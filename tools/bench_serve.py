@@ -102,7 +102,7 @@ def main() -> int:
             folder = export(root, method, keep, args.llm_layers)
             label = f"keep {keep}" if keep else "none (576)"
             figures["results"][label] = bench(folder, args.requests, args.new_tokens, root / f"{method}.log")
-    print(f"\n| keep | concurrency | requests/s | TTFT p50 | TTFT p90 |\n| --- | --- | --- | --- | --- |")
+    print("\n| keep | concurrency | requests/s | TTFT p50 | TTFT p90 |\n| --- | --- | --- | --- | --- |")
     for label, rows in figures["results"].items():
         for row in rows:
             print(f"| {label} | {row['concurrency']} | {row['requests_per_s']:.2f} | {row['ttft_p50_s'] * 1000:.0f} ms "

@@ -5,11 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlavaForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+from transformers import (
+    LlavaForConditionalGeneration, LlavaNextForConditionalGeneration, Qwen2_5_VLForConditionalGeneration,
+)
 
 from vtp_export.models import MODELS
 
 LLAVA_TINY = MODELS.get("llava15-tiny")
+NEXT_TINY = MODELS.get("llava-next-tiny")
 QWEN_TINY = MODELS.get("qwen2.5-vl-tiny")
 
 
@@ -20,6 +23,16 @@ def save_llava_for_vllm(folder: Path, seed: int = 0) -> Path:
     config.text_config.head_dim = 32
     LlavaForConditionalGeneration(config).save_pretrained(folder)
     LLAVA_TINY.stand_in_tokenizer(config).save_pretrained(folder)
+    return folder
+
+
+def save_llava_next_for_vllm(folder: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    config = NEXT_TINY.default_config()
+    config.text_config.num_attention_heads = config.text_config.num_key_value_heads = 2
+    config.text_config.head_dim = 32
+    LlavaNextForConditionalGeneration(config).save_pretrained(folder)
+    NEXT_TINY.stand_in_tokenizer(config).save_pretrained(folder)
     return folder
 
 
@@ -48,6 +61,11 @@ def save_qwen_for_vllm(folder: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def llava_vllm_checkpoint(tmp_path_factory) -> Path:
     return save_llava_for_vllm(tmp_path_factory.mktemp("llava-vllm") / "llava")
+
+
+@pytest.fixture(scope="session")
+def llava_next_vllm_checkpoint(tmp_path_factory) -> Path:
+    return save_llava_next_for_vllm(tmp_path_factory.mktemp("llava-next-vllm") / "llava-next")
 
 
 @pytest.fixture(scope="session")

@@ -62,7 +62,7 @@ def engine_args(root: Path, name: str, options: EngineOptions) -> Any:
                     limit_mm_per_prompt={"image": 0, "video": 0}, enable_mm_embeds=True, **given)
     unknown = set(options.extra) - set(AsyncEngineArgs.__dataclass_fields__)
     if unknown:
-        raise UsageError(f"--engine-arg {sorted(unknown)[0]}: not an argument of vLLM's engine (AsyncEngineArgs)")
+        raise UsageError(f"--engine-arg {min(unknown)}: not an argument of vLLM's engine (AsyncEngineArgs)")
     return AsyncEngineArgs(**(settings | options.extra))
 
 
@@ -94,7 +94,8 @@ class PromptSide:
         self.tokenizer = AutoTokenizer.from_pretrained(root)
         self.source = record.vllm.source
         self.context_length = context_length
-        self.hidden_size, self.vocab_size, self.num_layers = record.vllm.n_embd, record.vllm.n_vocab, record.vllm.n_layer
+        self.hidden_size, self.vocab_size = record.vllm.n_embd, record.vllm.n_vocab
+        self.num_layers = record.vllm.n_layer
         self.eos_token_id = self.tokenizer.eos_token_id
         self.image_token_id = config.image_token_id
 

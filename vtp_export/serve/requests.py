@@ -68,7 +68,8 @@ def parse_content(content: Any, limits: RequestLimits, placeholder: str) -> tupl
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
             if placeholder in part["text"]:
-                raise BadRequest(f"the text holds the image placeholder {placeholder!r}: send images as image_url parts")
+                raise BadRequest(f"the text holds the image placeholder {placeholder!r}: send images as image_url "
+                                 "parts")
             pieces.append(part["text"])
         elif kind == "image_url":
             url = part.get("image_url")

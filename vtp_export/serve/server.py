@@ -176,8 +176,9 @@ def make_app(service: ChatService) -> Any:
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [{"id": service.name, "object": "model", "owned_by": "vtp-export",
-                                                         "max_model_len": service.max_model_len}]})
+        model = {"id": service.name, "object": "model", "owned_by": "vtp-export",
+                 "max_model_len": service.max_model_len}
+        return JSONResponse({"object": "list", "data": [model]})
 
     @app.post("/v1/chat/completions")
     async def chat(http: Request):
@@ -225,7 +226,7 @@ async def stream_chunks(outputs: AsyncIterator[Any], head: dict, request: ChatRe
     def event(delta: dict, finish: str | None = None, **extra) -> str:
         chunk = head | {"object": "chat.completion.chunk",
                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish, **extra}]}
-        return f"data: {json.dumps(chunk)}\n\n"
+        return data(chunk)
 
     yield event({"role": "assistant", "content": ""})
     tokens = 0
@@ -235,9 +236,13 @@ async def stream_chunks(outputs: AsyncIterator[Any], head: dict, request: ChatRe
             tokens += len(completion.token_ids)
             extra = {"token_ids": list(completion.token_ids)} if request.return_token_ids else {}
             yield event({"content": completion.text}, completion.finish_reason, **extra)
-    except ValueError as error:
-        yield f"data: {json.dumps({'error': {'message': str(error).splitlines()[0][:300], 'code': 400}})}\n\n"
-    except Exception as error:
-        yield f"data: {json.dumps({'error': {'message': f'the engine failed: {type(error).__name__}', 'code': 500}})}\n\n"
-    yield f"data: {json.dumps(head | {'object': 'chat.completion.chunk', 'choices': [], 'usage': usage(prepared, tokens)})}\n\n"
+    except ValueError as error:  # vLLM's own input checks
+        yield data({"error": {"message": str(error).splitlines()[0][:300], "code": 400}})
+    except Exception as error:  # the engine failed: the server's health says so
+        yield data({"error": {"message": f"the engine failed: {type(error).__name__}", "code": 500}})
+    yield data(head | {"object": "chat.completion.chunk", "choices": [], "usage": usage(prepared, tokens)})
     yield "data: [DONE]\n\n"
+
+
+def data(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
