@@ -310,7 +310,8 @@ def run_serve(argv: Sequence[str]) -> int:
     p.add_argument("--max-image-pixels", type=int, default=40_000_000, help="pixels of one image (default 40M)")
     p.add_argument("--image-root", type=Path, help="requests may name local image files under this folder (default: "
                    "none; data URLs only)")
-    p.add_argument("--max-tokens", type=int, default=512, help="default and ceiling of a request's max_tokens")
+    p.add_argument("--max-tokens", type=int, default=512, help="ceiling of a request's max_tokens (default 512; "
+                   "a request without one gets as many as the context leaves, up to this)")
     p.add_argument("--llm", type=Path, help="first start: HF checkpoint folder of the LLM (default: the export's)")
     p.add_argument("--llm-layers", type=int, help="first start, random-weight exports: cut the random LLM")
     p.add_argument("--llm-dtype", default="float32", choices=("float32", "bfloat16", "float16"),

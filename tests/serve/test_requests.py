@@ -28,7 +28,7 @@ def test_images_before_the_text_are_placed_by_the_pipeline_and_after_text_where_
     assert (request.max_tokens, request.temperature, request.seed, request.stream) == (5, 0.5, 3, False)
     request = parse_chat_request(body(text("Compare "), image(0), text(" with "), image(1)), LIMITS, "<image>")
     assert request.prompt == "Compare <image> with <image>" and len(request.images) == 2
-    assert parse_chat_request({"messages": [{"role": "user", "content": "Hi"}]}, LIMITS, "<image>").max_tokens == 64
+    assert parse_chat_request({"messages": [{"role": "user", "content": "Hi"}]}, LIMITS, "<image>").max_tokens is None
 
 
 @pytest.mark.parametrize("request_body, message", [

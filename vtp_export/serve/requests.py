@@ -25,7 +25,7 @@ class RequestLimits:
     max_images: int  # per request
     max_image_pixels: int  # width x height of one image, checked from its header before it is decoded
     image_root: Path | None  # local paths must lie under it; None: local paths are refused
-    max_tokens: int  # the default and ceiling of max_tokens
+    max_tokens: int  # the ceiling of max_tokens
 
 
 @dataclass
@@ -34,7 +34,7 @@ class ChatRequest:
     # before all text are placed by Pipeline.content, with the model's separator)
     prompt: str
     images: list[Image.Image]
-    max_tokens: int
+    max_tokens: int | None  # None: as many as the context leaves, up to the server's --max-tokens
     temperature: float
     seed: int | None
     stream: bool
@@ -126,10 +126,10 @@ def open_image(url: str, limits: RequestLimits) -> Image.Image:
         raise BadRequest(f"{what} cannot be read: {str(error).splitlines()[0][:160]}") from None
 
 
-def max_tokens(body: dict, limits: RequestLimits) -> int:
+def max_tokens(body: dict, limits: RequestLimits) -> int | None:
     value = body.get("max_completion_tokens", body.get("max_tokens"))
     if value is None:
-        return limits.max_tokens
+        return None
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limits.max_tokens:
         raise BadRequest(f"max_tokens must be an integer from 1 to {limits.max_tokens}, got {value!r}")
     return value

@@ -146,10 +146,12 @@ class ChatService:
             prepared = await asyncio.get_running_loop().run_in_executor(self.vision, self.prepare, request)
         except PipelineError as error:
             raise BadRequest(str(error)) from None
-        if prepared.prompt_tokens + request.max_tokens > self.max_model_len:
+        room = self.max_model_len - prepared.prompt_tokens
+        new_tokens = min(self.limits.max_tokens, room) if request.max_tokens is None else request.max_tokens
+        if new_tokens > room or new_tokens < 1:
             raise BadRequest(f"the prompt's {prepared.prompt_tokens} tokens (images included) + max_tokens "
-                             f"{request.max_tokens} exceed the model's context of {self.max_model_len}")
-        params = SamplingParams(temperature=request.temperature, max_tokens=request.max_tokens, seed=request.seed,
+                             f"{max(new_tokens, 1)} exceed the model's context of {self.max_model_len}")
+        params = SamplingParams(temperature=request.temperature, max_tokens=new_tokens, seed=request.seed,
                                 output_kind=RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY)
         return request, prepared, params
 
