@@ -83,9 +83,9 @@ async def run_server(settings: ServeSettings, root: Path) -> int:
         prompt_side = PromptSide(root, record, config, engine.model_config.max_model_len)
         pipe = Pipeline.from_dir(settings.folder, llm=prompt_side, backend=settings.backend)
         service = ChatService(pipe, engine, settings.folder.name, settings.limits)
-        config = uvicorn.Config(make_app(service), host=settings.host, port=settings.port, log_level="warning",
-                                lifespan="off", timeout_graceful_shutdown=30)
-        server = graceful_server(config)
+        http = uvicorn.Config(make_app(service), host=settings.host, port=settings.port, log_level="warning",
+                              lifespan="off", timeout_graceful_shutdown=30)
+        server = graceful_server(http)
         print(f"serving {settings.folder} on http://{settings.host}:{settings.port}/v1 as {settings.folder.name!r}: "
               f"{record.model.name} {record.method.label}, {record.keep} tokens per image, vision on "
               f"{pipe.backend.name}, LLM on vLLM (max model length {service.max_model_len})", flush=True)
