@@ -9,6 +9,8 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+import torch
 from safetensors.torch import save_file
 
 from vtp_export.contract import WeightsFolder
@@ -16,7 +18,9 @@ from vtp_export.errors import UsageError, VtpError
 from vtp_export.models import MODELS
 from vtp_export.onnx.names import CONFIG_JSON
 from vtp_export.records.codec import sha256
-from vtp_export.records.export import RUNTIME_FOLDER, VllmFolder, read_export, runtime_config, update_export
+from vtp_export.records.export import (
+    IMAGE_NEWLINE_FILE, RUNTIME_FOLDER, VllmFolder, read_export, runtime_config, update_export,
+)
 from vtp_export.records.folder import staged_folder
 from vtp_export.runtime.llm.transformers import DTYPES, TransformersLanguageModel
 from vtp_export.serve.served import served_model
@@ -59,6 +63,10 @@ def export_vllm_llm(folder: Path, llm_folder: Path | None = None, llm_layers: in
              for key, tensor in llm.decoder.state_dict().items()}
     if not tied:
         state["lm_head.weight"] = llm.head.weight.detach().contiguous()
+    if model.model_type == "llava_next":  # vLLM's LLaVA-NeXT builds it with the LLM (image embeddings never use it)
+        newline = folder / IMAGE_NEWLINE_FILE
+        state["model.image_newline"] = (torch.from_numpy(np.load(newline)) if newline.is_file()
+                                        else torch.zeros(llm.hidden_size)).to(DTYPES[dtype])
     model_config = json.loads((folder / RUNTIME_FOLDER / CONFIG_JSON).read_text())
     model_config |= {"architectures": [served.architecture], "dtype": dtype, "tie_word_embeddings": tied}
     model_config["text_config"] |= {"num_hidden_layers": llm.num_layers, "dtype": dtype, "tie_word_embeddings": tied}
