@@ -27,6 +27,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("vtp_export.trt",),  # TensorRT: lint, parser check, recipe, builder, device detection
     ("vtp_export.export",),  # the vision graph, verification, the export job
     ("vtp_export.runtime",),  # vision backends, LLM backends, the pipeline, profiles
+    ("vtp_export.serve",),  # the vision graph in front of vLLM: the LLM folder, the plugin, the HTTP server
     ("vtp_export.cli", "vtp_export.__main__"),
 ]
 

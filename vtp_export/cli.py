@@ -12,7 +12,7 @@ from vtp_export.errors import Interrupted, UsageError, VtpError
 from vtp_export.records.folder import check_writable
 from vtp_export.records.graph import LoweredGraph, QuantizedGraph
 
-COMMANDS = ("export", "build", "lint", "run", "profile", "llm", "models", "methods", "targets")
+COMMANDS = ("export", "build", "lint", "run", "profile", "llm", "serve", "models", "methods", "targets")
 LISTINGS = ("models", "methods", "targets")
 DEBUG_ENV = "VTP_EXPORT_DEBUG"
 # What needs the exporter's stack (PyTorch, the modelling and ONNX tooling): the [export] extra. A device install
@@ -268,21 +268,95 @@ def run_llm(argv: Sequence[str]) -> int:
     from vtp_export.runtime.llm.gguf import QUANTS, export_llm
 
     p = Parser(prog="vtp-export llm", description="Convert the LLM of an export folder (the checkpoint it came "
-               "from, or its seeded random weights) to a file llama.cpp runs on the device: DIR/llm-QUANT.gguf, "
-               "recorded in DIR/config.json in place of any earlier one.")
+               "from, or its seeded random weights) for the engine that runs it: DIR/llm-QUANT.gguf for llama.cpp on "
+               "the device, or DIR/llm-vllm/ for vLLM (vtp-export serve), recorded in DIR/config.json in place of "
+               "any earlier one.")
     p.add_argument("folder", type=Path, help="export folder written by vtp-export")
-    p.add_argument("--format", required=True, choices=("gguf",), help="file format (gguf: llama.cpp)")
-    p.add_argument("--quant", default="f16", choices=QUANTS, help="weights: f32, f16 (default), or llama.cpp's "
+    p.add_argument("--format", required=True, choices=("gguf", "vllm"), help="gguf: llama.cpp; vllm: a folder vLLM "
+                   "loads (safetensors, config, tokenizer)")
+    p.add_argument("--quant", default="f16", choices=QUANTS, help="gguf: f32, f16 (default), or llama.cpp's "
                    "q8_0 / q4_k_m quantization of the f16 file")
+    p.add_argument("--llm-dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="vllm: the weights' dtype (default float32)")
     p.add_argument("--llm", type=Path, help="HF checkpoint folder of the LLM (default: the export's checkpoint)")
     p.add_argument("--llm-layers", type=int, help="random-weight exports: cut the random LLM to this many decoder "
                    "layers (as run/profile --llm-layers)")
     args = p.parse_args(argv)
+    if args.format == "vllm":
+        from vtp_export.serve.llm_folder import export_vllm_llm
+
+        folder = export_vllm_llm(args.folder, args.llm, args.llm_layers, args.llm_dtype)
+        print(f"wrote {args.folder / folder.folder}: {folder.architecture}, {folder.n_layer} layers x "
+              f"{folder.n_embd}, {folder.n_vocab} tokens, {len(folder.files)} files ({folder.source})")
+        return 0
     written = export_llm(args.folder, args.quant, args.llm, args.llm_layers)
     print(f"wrote {args.folder / written.file}: {written.quant}, {written.bytes / 2**20:.1f} MiB, "
           f"{written.n_layer} layers x {written.n_embd}, {written.n_vocab} tokens ({written.tokenizer} tokenizer), "
           f"sha256 {written.sha256[:16]}...")
     return 0
+
+
+def run_serve(argv: Sequence[str]) -> int:
+    p = Parser(prog="vtp-export serve", description="An OpenAI-compatible chat-completions endpoint over an export "
+               "folder: its vision graph in front of a vLLM engine serving its LLM (image embeddings only). Runs in "
+               "the serving venv (tools/setup_serve_venv.sh). On first start it writes DIR/llm-vllm (as "
+               "`vtp-export llm DIR --format vllm`). The vLLM options are vLLM's own engine arguments.")
+    p.add_argument("folder", type=Path, help="export folder written by vtp-export")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--backend", choices=("onnxruntime", "tensorrt"), help="the vision graph's backend (default: a "
+                   "matching TensorRT engine, else onnxruntime)")
+    p.add_argument("--max-images", type=int, default=4, help="images per request (default 4)")
+    p.add_argument("--max-image-pixels", type=int, default=40_000_000, help="pixels of one image (default 40M)")
+    p.add_argument("--image-root", type=Path, help="requests may name local image files under this folder (default: "
+                   "none; data URLs only)")
+    p.add_argument("--max-tokens", type=int, default=512, help="ceiling of a request's max_tokens (default 512; "
+                   "a request without one gets as many as the context leaves, up to this)")
+    p.add_argument("--llm", type=Path, help="first start: HF checkpoint folder of the LLM (default: the export's)")
+    p.add_argument("--llm-layers", type=int, help="first start, random-weight exports: cut the random LLM")
+    p.add_argument("--llm-dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="first start: the dtype of the weights written for vLLM (default float32)")
+    vllm = p.add_argument_group("vLLM engine arguments (passed through)")
+    vllm.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
+    vllm.add_argument("--tensor-parallel-size", type=int, default=1)
+    vllm.add_argument("--pipeline-parallel-size", type=int, default=1)
+    vllm.add_argument("--data-parallel-size", type=int, default=1)
+    vllm.add_argument("--kv-cache-memory-bytes", type=int, help="KV cache size in bytes (default: vLLM's)")
+    vllm.add_argument("--gpu-memory-utilization", type=float)
+    vllm.add_argument("--max-num-seqs", type=int, help="requests batched at once")
+    vllm.add_argument("--dtype", default="auto", help="vLLM's compute dtype (default auto: the weights')")
+    vllm.add_argument("--enforce-eager", action="store_true")
+    vllm.add_argument("--engine-arg", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                      help="any other AsyncEngineArgs field, VALUE as JSON (or a string), repeatable")
+    args = p.parse_args(argv)
+    if importlib.util.find_spec("vllm") is None:
+        raise UsageError("vtp-export serve needs vLLM, which this venv lacks: make the serving venv with "
+                         "tools/setup_serve_venv.sh and run .venv-serve/bin/vtp-export serve")
+    if min(args.max_images, args.max_image_pixels, args.max_tokens) < 1:
+        raise UsageError("--max-images, --max-image-pixels and --max-tokens must be at least 1")
+    if args.image_root is not None and not args.image_root.is_dir():
+        raise UsageError(f"--image-root {args.image_root} is not a folder")
+    from vtp_export.serve.engine import EngineOptions
+    from vtp_export.serve.requests import RequestLimits
+    from vtp_export.serve.server import ServeSettings, serve
+
+    limits = RequestLimits(args.max_images, args.max_image_pixels,
+                           args.image_root.resolve() if args.image_root else None, args.max_tokens)
+    engine = EngineOptions(args.max_model_len, args.tensor_parallel_size, args.pipeline_parallel_size,
+                           args.data_parallel_size, args.kv_cache_memory_bytes, args.gpu_memory_utilization,
+                           args.max_num_seqs, args.dtype, args.enforce_eager,
+                           {key: json_value(value) for key, value in args.engine_arg})
+    return serve(ServeSettings(args.folder, args.host, args.port, args.backend, limits, engine, args.llm,
+                               args.llm_layers, args.llm_dtype))
+
+
+def json_value(text: str) -> object:
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def run_lint(argv: Sequence[str]) -> int:
@@ -403,7 +477,7 @@ def dispatch(argv: Sequence[str]) -> int:
     if command in LISTINGS:
         return run_listing(command, rest)
     commands = {"export": run_export, "build": run_build, "lint": run_lint, "run": run_pipeline, "profile": run_profile,
-                "llm": run_llm}
+                "llm": run_llm, "serve": run_serve}
     try:
         return commands[command](rest)
     except KeyboardInterrupt:

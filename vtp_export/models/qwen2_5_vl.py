@@ -67,6 +67,20 @@ def tiny_text() -> dict:
                 bos_token_id=151643, eos_token_id=151645)
 
 
+def original_image_positions(start: int, token_index: np.ndarray, grid_rows: int,
+                             grid_cols: int) -> tuple[np.ndarray, int]:
+    """(3, K) M-RoPE positions of an image's kept tokens at `start` on a grid_rows x grid_cols merged grid: token
+    r (token_index r + 1) at (start, start + r // grid_cols, start + r % grid_cols), slots without a source (-1) at
+    the last token's; and where the text after the image resumes, start + max(grid_rows, grid_cols), as if no token
+    had been pruned (HF's get_rope_index of the unpruned prompt, gathered; vtp-export's vLLM plugin places the
+    tokens by it too)."""
+    import numpy as np
+
+    raster = np.where(token_index >= 1, token_index - 1, grid_rows * grid_cols - 1)
+    rows, cols = np.divmod(raster, grid_cols)
+    positions = np.stack([np.zeros_like(raster), rows, cols]) + start
+    return positions.astype(np.int64), start + max(grid_rows, grid_cols)
+
 def image_size(text: str, unit: int, min_pixels: int = MIN_PIXELS,
                smallest: str = "Qwen2.5-VL's processor takes at least 56x56 pixels") -> tuple[int, int]:
     """'448x448' -> (448, 448), checked: multiples of `unit`, at least `min_pixels` (`smallest` says why), fewer
@@ -192,15 +206,10 @@ class Qwen25VL(VisionLanguageModel):
         start + r % mw), slots without a source at the last token's, and the text after the image resuming at
         start + max(mh, mw) as if no token had been pruned (HoloV's adjust_ids, DART, TensorRT Edge-LLM).
         sequential: the kept tokens numbered on as text (t = h = w)."""
-        import numpy as np
-
         kept = len(token_index)
         if policy == "sequential":
             return self.text_positions(start, kept), start + kept
-        raster = np.where(token_index >= 1, token_index - 1, geometry.num_patches - 1)
-        rows, cols = np.divmod(raster, geometry.grid_cols)
-        positions = np.stack([np.zeros_like(raster), rows, cols]) + start
-        return positions.astype(np.int64), start + max(geometry.grid_rows, geometry.grid_cols)
+        return original_image_positions(start, token_index, geometry.grid_rows, geometry.grid_cols)
 
     def stand_in_tokenizer(self, config: Any) -> Any:
         from vtp_export.models.tokenizer import stand_in_qwen_tokenizer

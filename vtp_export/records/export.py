@@ -123,6 +123,22 @@ class LlmFile:
     format: str = "gguf"
 
 
+@dataclass(frozen=True)
+class VllmFolder:
+    """The export's LLM as a folder vLLM loads (vtp-export llm --format vllm, or vtp-export serve on its first
+    start): weights in the checkpoint's key layout, the model's config with the architecture vLLM runs,
+    tokenizer, processor config; each file with its sha256, checked before serving."""
+
+    folder: str
+    files: dict[str, str]  # name within the folder -> sha256
+    architecture: str  # the vLLM model class ("LlavaForConditionalGeneration", or vtp-export's Qwen plugin's)
+    n_layer: int
+    n_embd: int
+    n_vocab: int
+    source: str  # the LLM's weights: a checkpoint folder or random(seed=...)
+    format: str = "vllm"
+
+
 # What the runtime reads of the checkpoint, copied into the export folder so that the folder runs on its own:
 # the model's config.json and tokenizer (RUNTIME_FOLDER), LLaVA-NeXT's image_newline, CLIP's tokenizer.
 RUNTIME_FOLDER = "model"
@@ -157,6 +173,7 @@ class ExportRecord:
     runtime_files: list[RuntimeFile]
     device_build: DeviceBuild | None = None
     llm: LlmFile | None = None
+    vllm: VllmFolder | None = None
 
     def files(self) -> list[str]:
         """Every file the export wrote besides config.json."""
@@ -166,6 +183,8 @@ class ExportRecord:
             names.append(self.device_build.script)
         if self.llm is not None:
             names.append(self.llm.file)
+        if self.vllm is not None:
+            names += [f"{self.vllm.folder}/{name}" for name in self.vllm.files]
         return names
 
 

@@ -1,0 +1,60 @@
+"""Which models vLLM serves from an export, as what: the vLLM architecture of each HF model type, and the processor
+files vLLM builds its (never used: no pixels reach it) HF processor from. Torch-free."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from vtp_export.contract import Geometry
+from vtp_export.errors import UsageError
+
+# The Qwen2.5-VL model of vtp-export's vLLM plugin (serve/vllm_plugin.py): kept tokens at their original M-RoPE
+# positions from token_index, K placeholders per image.
+QWEN2_5_VL_PLUGIN = "VtpQwen2_5_VLForConditionalGeneration"
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    model_type: str  # the HF config's
+    architecture: str  # the vLLM model class that runs it
+    plugin: bool  # the architecture is vtp-export's (registered by serve/vllm_plugin.py), not stock vLLM's
+
+    def processor_files(self, config: Any, geometry: Geometry) -> dict[str, dict]:
+        """JSON files (name -> content) of the HF processor vLLM instantiates for the model."""
+        if self.model_type in ("llava", "llava_next"):
+            size = geometry.image_height
+            image = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": size},
+                     "do_center_crop": True, "crop_size": {"height": size, "width": size}, "do_rescale": True,
+                     "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
+                     "do_convert_rgb": True, "resample": 3}
+            processor = {"processor_class": "LlavaProcessor", "patch_size": config.vision_config.patch_size,
+                         "vision_feature_select_strategy": config.vision_feature_select_strategy,
+                         "num_additional_image_tokens": 1, "image_token": "<image>"}
+            if self.model_type == "llava_next":
+                image |= {"image_processor_type": "LlavaNextImageProcessor",
+                          "image_grid_pinpoints": config.image_grid_pinpoints}
+                processor["processor_class"] = "LlavaNextProcessor"
+            return {"preprocessor_config.json": image, "processor_config.json": processor}
+        vision = config.vision_config
+        image = {"image_processor_type": "Qwen2VLImageProcessor", "patch_size": vision.patch_size,
+                 "temporal_patch_size": vision.temporal_patch_size, "merge_size": vision.spatial_merge_size,
+                 "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "min_pixels": 3136, "max_pixels": 12845056}
+        video = image | {"video_processor_type": "Qwen2VLVideoProcessor"}
+        del video["image_processor_type"]
+        return {"preprocessor_config.json": image, "video_preprocessor_config.json": video,
+                "processor_config.json": {"processor_class": "Qwen2_5_VLProcessor"}}
+
+
+SERVED_MODELS = {served.model_type: served for served in (
+    ServedModel("llava", "LlavaForConditionalGeneration", plugin=False),
+    ServedModel("llava_next", "LlavaNextForConditionalGeneration", plugin=False),
+    ServedModel("qwen2_5_vl", QWEN2_5_VL_PLUGIN, plugin=True),
+)}
+
+
+def served_model(model_type: str, name: str) -> ServedModel:
+    if model_type not in SERVED_MODELS:
+        raise UsageError(f"vtp-export serve runs {', '.join(sorted(SERVED_MODELS))} models on vLLM; {name} is "
+                         f"{model_type!r}")
+    return SERVED_MODELS[model_type]
