@@ -72,16 +72,17 @@ def save_tiny_llava_next(folder: Path, text: str = "llama", seed: int = 0) -> Pa
     return folder
 
 
-def save_tiny_qwen(folder: Path, seed: int = 0, model_name: str = "qwen2.5-vl-tiny") -> Path:
+def save_tiny_qwen(folder: Path, seed: int = 0, model_name: str = "qwen2.5-vl-tiny", config=None) -> Path:
     """A real HF Qwen2.5-VL (or Qwen3-VL: model_name qwen3-vl-tiny) checkpoint (random weights, byte-level
     tokenizer) written with save_pretrained. Weights are drawn wider than HF's initialisation and norm weights away
     from one, so that a wrong norm, order, pairing or position cannot hide behind near-uniform attention: swapping
-    the h and w positions of the image tokens changes Qwen2.5-VL's greedy answer."""
+    the h and w positions of the image tokens changes Qwen2.5-VL's greedy answer. `config`: another config of the
+    model (default: the tiny one)."""
     import transformers
 
     adapter = MODELS.get(model_name)
     torch.manual_seed(seed)
-    config = adapter.default_config()
+    config = config or adapter.default_config()
     model = getattr(transformers, adapter.hf_class)(config)
     with torch.no_grad():
         for name, parameter in model.named_parameters():

@@ -5,15 +5,13 @@ no pruning); several requests; profile; what it refuses; and a run in an environ
 import dataclasses
 import os
 import shutil
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.llm_files import assert_transformers_choices, stand_in_tokenizer_folder, tiny_llm
+from tests.runtime.torch_free import answer_without_torch
 from vtp_export.cli import main
 from vtp_export.errors import PipelineError
 from vtp_export.models.tokenizer import stand_in_llama_tokenizer
@@ -29,7 +27,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.llama]
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gguf")
 
-ROOT = Path(__file__).resolve().parents[2]
 QUESTION = "What is in the picture?"
 NEW_TOKENS = 8
 
@@ -168,26 +165,7 @@ def test_pipeline_runs_without_torch(exports, tmp_path):
     PYTHONPATH), a text-conditioned export answers on onnxruntime + llama.cpp as it does here; nothing is
     printed on stderr (llama.cpp's log is kept)."""
     folder = exports("trim")
-    site = Path(sysconfig.get_paths()["purelib"])
-    links = tmp_path / "site-packages"
-    links.mkdir()
-    for entry in site.iterdir():
-        if not entry.name.startswith(("torch", "__editable__")) and entry.suffix != ".pth":
-            (links / entry.name).symlink_to(entry)
-    code = f"""
-import importlib.util, sys
-import numpy as np
-assert importlib.util.find_spec("torch") is None, "torch is importable"
-from vtp_export.runtime import Pipeline
-image = (np.random.default_rng(0).random((240, 300, 3)) * 255).astype(np.uint8)
-with Pipeline.from_dir({str(folder)!r}, llm_backend="llama.cpp", backend="onnxruntime") as pipe:
-    answer = pipe.answer({QUESTION!r}, [image], max_new_tokens={NEW_TOKENS})
-assert "torch" not in sys.modules
-print(answer.token_ids)
-"""
-    env = {**os.environ, "PYTHONPATH": f"{links}{os.pathsep}{ROOT}", "TRANSFORMERS_VERBOSITY": "error"}
-    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=300,
-                            cwd=tmp_path, env=env)
+    result = answer_without_torch(folder, QUESTION, NEW_TOKENS, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     with Pipeline.from_dir(folder, llm_backend="llama.cpp", backend="onnxruntime") as pipe:

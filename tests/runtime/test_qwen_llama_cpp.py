@@ -3,11 +3,7 @@
 at their original M-RoPE positions (four planes per image embedding), Qwen3-VL's DeepStack levels in the input
 embedding, CDPruner's prompt embedding from the GGUF's token table; and without torch."""
 
-import os
 import shutil
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +11,7 @@ import pytest
 
 from tests.llm_files import assert_transformers_choices
 from tests.runtime.hf_reference import exports_on_demand
+from tests.runtime.torch_free import answer_without_torch
 from vtp_export.errors import PipelineError
 from vtp_export.runtime import Pipeline
 from vtp_export.runtime.llm.gguf import export_llm
@@ -25,7 +22,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.llama]
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gguf")
 
-ROOT = Path(__file__).resolve().parents[2]
 QUESTION = "What is in the picture?"
 NEW_TOKENS = 8
 KEEP = 24
@@ -162,26 +158,7 @@ def test_qwen3_vl_runs_without_torch(exports, tmp_path):
     """Qwen3-VL with CDPruner (prompt embedding from the GGUF, DeepStack, M-RoPE) on onnxruntime + llama.cpp in an
     environment whose site-packages lack torch answers as it does here."""
     folder = exports("qwen3-vl", "cdpruner")
-    site = Path(sysconfig.get_paths()["purelib"])
-    links = tmp_path / "site-packages"
-    links.mkdir()
-    for entry in site.iterdir():
-        if not entry.name.startswith(("torch", "__editable__")) and entry.suffix != ".pth":
-            (links / entry.name).symlink_to(entry)
-    code = f"""
-import importlib.util, sys
-import numpy as np
-assert importlib.util.find_spec("torch") is None, "torch is importable"
-from vtp_export.runtime import Pipeline
-image = (np.random.default_rng(0).random((240, 300, 3)) * 255).astype(np.uint8)
-with Pipeline.from_dir({str(folder)!r}, llm_backend="llama.cpp", backend="onnxruntime") as pipe:
-    answer = pipe.answer({QUESTION!r}, [image], max_new_tokens={NEW_TOKENS})
-assert "torch" not in sys.modules
-print(answer.token_ids)
-"""
-    env = {**os.environ, "PYTHONPATH": f"{links}{os.pathsep}{ROOT}", "TRANSFORMERS_VERBOSITY": "error"}
-    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=300,
-                            cwd=tmp_path, env=env)
+    result = answer_without_torch(folder, QUESTION, NEW_TOKENS, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     with Pipeline.from_dir(folder, llm_backend="llama.cpp", backend="onnxruntime") as pipe:

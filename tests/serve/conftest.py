@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (
-    LlavaForConditionalGeneration, LlavaNextForConditionalGeneration, Qwen2_5_VLForConditionalGeneration,
-)
+from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
+from tests.conftest import save_tiny_qwen
 from vtp_export.models import MODELS
 
 LLAVA_TINY = MODELS.get("llava15-tiny")
@@ -39,23 +38,11 @@ def save_llava_next_for_vllm(folder: Path, seed: int = 0) -> Path:
 def save_qwen_for_vllm(folder: Path, seed: int = 0) -> Path:
     """As tests/conftest.py save_tiny_qwen (weights drawn wide, so that positions change answers), with 2 heads of
     32 (M-RoPE sections 8, 4, 4)."""
-    torch.manual_seed(seed)
     config = QWEN_TINY.default_config()
     text = config.text_config
     text.num_attention_heads = text.num_key_value_heads = 2
     text.rope_parameters = text.rope_parameters | {"mrope_section": [8, 4, 4]}
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if parameter.dim() == 1 and name.endswith("weight"):
-                parameter.copy_(1.0 + 0.1 * torch.randn_like(parameter))
-            elif "visual" in name:
-                parameter.normal_(0, 0.1)
-            elif "embed_tokens" not in name:
-                parameter.normal_(0, 0.2)
-    model.save_pretrained(folder)
-    QWEN_TINY.stand_in_tokenizer(config).save_pretrained(folder)
-    return folder
+    return save_tiny_qwen(folder, seed, QWEN_TINY.name, config)
 
 
 @pytest.fixture(scope="session")

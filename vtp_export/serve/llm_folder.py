@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from vtp_export.contract import WeightsFolder
 from vtp_export.errors import UsageError, VtpError
 from vtp_export.models import MODELS
 from vtp_export.onnx.names import CONFIG_JSON
@@ -22,7 +21,7 @@ from vtp_export.records.export import (
     IMAGE_NEWLINE_FILE, RUNTIME_FOLDER, VllmFolder, read_export, runtime_config, update_export,
 )
 from vtp_export.records.folder import staged_folder
-from vtp_export.runtime.llm.transformers import DTYPES, TransformersLanguageModel
+from vtp_export.runtime.llm.transformers import DTYPES, converted_llm
 from vtp_export.serve.served import served_model
 
 VLLM_FOLDER = "llm-vllm"
@@ -45,19 +44,7 @@ def export_vllm_llm(folder: Path, llm_folder: Path | None = None, llm_layers: in
         config = runtime_config(folder, model)
     except VtpError as error:
         raise UsageError(str(error)) from None
-    weights = record.model.weights
-    checkpoint = llm_folder or (weights.path if isinstance(weights, WeightsFolder) else None)
-    if checkpoint is not None:
-        if llm_layers is not None:
-            raise UsageError("--llm-layers cuts a random LLM; this export's LLM comes from a checkpoint")
-        if llm_folder is None and not checkpoint.is_dir():
-            raise UsageError(f"{folder}: its LLM is the checkpoint {checkpoint}, which is not on this machine: pass "
-                             f"--llm FOLDER (a {model.name} checkpoint)")
-        llm = TransformersLanguageModel.from_checkpoint(model, checkpoint, record.model.geometry, dtype=dtype)
-    else:
-        llm = TransformersLanguageModel.random(model, config, weights.seed, llm_layers)
-        llm.decoder.to(DTYPES[dtype])
-        llm.head.to(DTYPES[dtype])
+    llm, _ = converted_llm(folder, model, config, llm_folder, llm_layers, dtype)
     tied = llm.head.weight.data_ptr() == llm.decoder.embed_tokens.weight.data_ptr()
     state = {f"model.language_model.{key}": tensor.detach().contiguous()
              for key, tensor in llm.decoder.state_dict().items()}

@@ -26,8 +26,8 @@ from vtp_export.contract import WeightsFolder
 from vtp_export.errors import ExportError, UsageError, VtpError, WeightsError
 from vtp_export.models import MODELS
 from vtp_export.records.codec import sha256
-from vtp_export.records.export import RUNTIME_FOLDER, LlmFile, read_export, runtime_config, update_export
-from vtp_export.runtime.llm.transformers import TransformersLanguageModel
+from vtp_export.records.export import LlmFile, read_export, runtime_config, update_export
+from vtp_export.runtime.llm.transformers import TransformersLanguageModel, converted_llm
 from vtp_export.util.files import current_umask
 from vtp_export.util.quiet import quiet
 
@@ -97,7 +97,6 @@ def export_llm(folder: Path, quant: str = "f16", llm_folder: Path | None = None,
         raise UsageError(f"--llm-layers {llm_layers} must be at least 1")
     record = read_export(folder)
     model = MODELS.get(record.model.name)
-    weights = record.model.weights
     try:
         config = runtime_config(folder, model)
     except VtpError as error:
@@ -107,19 +106,10 @@ def export_llm(folder: Path, quant: str = "f16", llm_folder: Path | None = None,
     except WeightsError as error:
         raise UsageError(f"{model.name}: {error}") from None
     deepstack_levels = len(getattr(config.vision_config, "deepstack_visual_indexes", None) or ())
-    checkpoint = llm_folder or (weights.path if isinstance(weights, WeightsFolder) else None)
-    if checkpoint is not None:
-        if llm_layers is not None:
-            raise UsageError("--llm-layers cuts a random LLM; this export's LLM comes from a checkpoint")
-        if llm_folder is None and not checkpoint.is_dir():
-            raise UsageError(f"{folder}: its LLM is the checkpoint {checkpoint}, which is not on this machine: pass "
-                             f"--llm FOLDER (a {model.name} checkpoint)")
-        llm = TransformersLanguageModel.from_checkpoint(model, checkpoint, record.model.geometry,
-                                                        dtype="float32" if quant == "f32" else "float16")
-        tokenizer_folder = checkpoint
-    else:  # seeded random weights; the stand-in tokenizer the export folder carries
-        llm = TransformersLanguageModel.random(model, config, weights.seed, llm_layers)
-        tokenizer_folder = folder / RUNTIME_FOLDER
+    # random weights stay float32 (the writer rounds them); a checkpoint loads in the file's precision
+    random = llm_folder is None and not isinstance(record.model.weights, WeightsFolder)
+    llm, tokenizer_folder = converted_llm(folder, model, config, llm_folder, llm_layers,
+                                          "float32" if quant == "f32" or random else "float16")
     written = write_gguf(llm, tokenizer_folder, folder / gguf_file_name(quant), quant, deepstack_levels)
     update_export(folder, {("llm",): written})
     if record.llm is not None and record.llm.file != written.file:

@@ -14,9 +14,10 @@ from transformers import AutoModel, AutoTokenizer, DynamicCache, PreTrainedToken
 
 from vtp_export.checkpoint.locate import read_config_json
 from vtp_export.contract import Geometry, WeightsFolder
-from vtp_export.errors import PipelineError
+from vtp_export.errors import PipelineError, UsageError
 from vtp_export.models import MODELS
 from vtp_export.models.base import VisionLanguageModel
+from vtp_export.records.export import RUNTIME_FOLDER, read_export
 from vtp_export.runtime.llm.protocol import Generated, LlmRequest, OnToken, Segment, check_fits_memory
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -46,6 +47,27 @@ def open_llm(request: LlmRequest) -> "TransformersLanguageModel":
                             "with --llm-backend llama.cpp")
     return TransformersLanguageModel.from_checkpoint(model, Path(request.llm or weights.path), record.model.geometry,
                                                      request.device, request.dtype)
+
+
+def converted_llm(folder: Path, model: VisionLanguageModel, config: Any, llm_folder: Path | None,
+                  llm_layers: int | None, dtype: str) -> tuple["TransformersLanguageModel", Path]:
+    """The LLM a converter (`vtp-export llm`: GGUF, vLLM) writes out of export folder `folder` in `dtype`: the
+    checkpoint's (`llm_folder`, else the export's own), or the export's seeded random weights cut to `llm_layers`;
+    and the folder holding its tokenizer. UsageError, one line, where neither is possible."""
+    record = read_export(folder)
+    weights = record.model.weights
+    checkpoint = llm_folder or (weights.path if isinstance(weights, WeightsFolder) else None)
+    if checkpoint is None:  # seeded random weights; the stand-in tokenizer the export folder carries
+        llm = TransformersLanguageModel.random(model, config, weights.seed, llm_layers)
+        llm.decoder.to(DTYPES[dtype])
+        llm.head.to(DTYPES[dtype])
+        return llm, folder / RUNTIME_FOLDER
+    if llm_layers is not None:
+        raise UsageError("--llm-layers cuts a random LLM; this export's LLM comes from a checkpoint")
+    if llm_folder is None and not checkpoint.is_dir():
+        raise UsageError(f"{folder}: its LLM is the checkpoint {checkpoint}, which is not on this machine: pass "
+                         f"--llm FOLDER (a {model.name} checkpoint)")
+    return TransformersLanguageModel.from_checkpoint(model, checkpoint, record.model.geometry, dtype=dtype), checkpoint
 
 
 class TransformersLanguageModel:
