@@ -67,6 +67,21 @@ def tiny_text() -> dict:
                 bos_token_id=151643, eos_token_id=151645)
 
 
+FRAMES_OPTION = ModelOption("frames", "frames per video F fixed at export, even (the tower's temporal patch is 2 "
+                            "frames: F/2 temporal groups); 0 for still images", "0")
+
+
+def video_frames(text: str) -> int:
+    """'8' -> 8 frames per video (0: still images), checked: even, since each temporal patch is two frames."""
+    if not text.isdigit():
+        raise UsageError(f"--frames {text!r}: expected an even number of frames per video, e.g. 8")
+    frames = int(text)
+    if frames % 2:
+        nearest = " or ".join(str(f) for f in (frames - 1, frames + 1) if f >= 2)
+        raise UsageError(f"--frames {frames}: the tower's temporal patch is 2 frames, so F must be even: use {nearest}")
+    return frames
+
+
 def image_size(text: str, unit: int, min_pixels: int = MIN_PIXELS,
                smallest: str = "Qwen2.5-VL's processor takes at least 56x56 pixels") -> tuple[int, int]:
     """'448x448' -> (448, 448), checked: multiples of `unit`, at least `min_pixels` (`smallest` says why), fewer
@@ -97,7 +112,8 @@ class Qwen25VL(VisionLanguageModel):
     canonical_repo = "Qwen/Qwen2.5-VL-3B-Instruct"
     config_class: ClassVar[str] = "Qwen2_5_VLConfig"  # transformers' config class of the checkpoints
     family: ClassVar[str] = "Qwen2.5-VL"
-    options = (ModelOption("image_size", "image size HxW fixed at export, multiples of 28", DEFAULT_IMAGE_SIZE),)
+    options = (ModelOption("image_size", "image size HxW fixed at export, multiples of 28", DEFAULT_IMAGE_SIZE),
+               FRAMES_OPTION)
 
     def vision_settings(self) -> dict:
         return vision_3b()
@@ -134,12 +150,13 @@ class Qwen25VL(VisionLanguageModel):
         self.check_vision(vision)
         unit = vision.patch_size * vision.spatial_merge_size
         height, width = self.image_size(options, unit)
+        frames = video_frames(self.resolved_options(options)["frames"])
         merge = vision.spatial_merge_size ** 2
         return Geometry(
             image_height=height, image_width=width, grid_rows=height // unit, grid_cols=width // unit,
             cls_token=False, vision_width=vision.hidden_size * merge, num_heads=vision.num_heads,
             head_dim=vision.hidden_size // vision.num_heads, llm_width=config.text_config.hidden_size,
-            feature_layer=vision.depth - 1,
+            feature_layer=vision.depth - 1, crops=max(1, frames // vision.temporal_patch_size), frames=frames,
         )
 
     def vision_key(self, checkpoint_key: str) -> str | None:
@@ -164,7 +181,12 @@ class Qwen25VL(VisionLanguageModel):
     def feature_extractor(self, stack: VisionStack, method: MethodRequirements) -> nn.Module:
         from vtp_export.towers.qwen import QwenFeatures
 
-        return QwenFeatures(stack, method)
+        return video_groups(QwenFeatures(stack, method), stack.geometry)
+
+    def token_layout(self, geometry: Geometry) -> nn.Module:
+        from vtp_export.models.layout import OneCrop, TemporalLayout
+
+        return TemporalLayout(geometry) if geometry.frames else OneCrop()
 
     def preprocess(self, images: list, geometry: Geometry) -> np.ndarray:
         return qwen_preprocess(images, geometry.image_height, geometry.image_width)
@@ -218,6 +240,13 @@ class Qwen25VLTiny(Qwen25VL):
 
     def text_settings(self) -> dict:
         return tiny_text()
+
+
+def video_groups(features: nn.Module, geometry: Geometry) -> nn.Module:
+    """The tower's features, for a video export over its temporal groups (models/layout.py TemporalGroups)."""
+    from vtp_export.models.layout import TemporalGroups
+
+    return TemporalGroups(features, geometry) if geometry.frames else features
 
 
 def qwen_preprocess(images: list, height: int, width: int, mean: tuple[float, ...] = CLIP_MEAN,

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from vtp_export.contract import Geometry, VisionStack
 from vtp_export.errors import WeightsError
 from vtp_export.models.base import ModelOption, register
-from vtp_export.models.qwen2_5_vl import Qwen25VL, image_size, qwen_preprocess
+from vtp_export.models.qwen2_5_vl import FRAMES_OPTION, Qwen25VL, image_size, qwen_preprocess, video_groups
 
 if TYPE_CHECKING:
     import numpy as np
@@ -80,7 +80,8 @@ class Qwen3VL(Qwen25VL):
     canonical_repo = "Qwen/Qwen3-VL-2B-Instruct"
     config_class = "Qwen3VLConfig"
     family = "Qwen3-VL"
-    options = (ModelOption("image_size", "image size HxW fixed at export, multiples of 32", DEFAULT_IMAGE_SIZE),)
+    options = (ModelOption("image_size", "image size HxW fixed at export, multiples of 32", DEFAULT_IMAGE_SIZE),
+               FRAMES_OPTION)
 
     def vision_settings(self) -> dict:
         return vision_2b()
@@ -122,7 +123,7 @@ class Qwen3VL(Qwen25VL):
     def feature_extractor(self, stack: VisionStack, method: MethodRequirements) -> nn.Module:
         from vtp_export.towers.qwen3 import Qwen3Features
 
-        return Qwen3Features(stack, method)
+        return video_groups(Qwen3Features(stack, method), stack.geometry)
 
     def preprocess(self, images: list, geometry: Geometry) -> np.ndarray:
         patch = geometry.image_height // geometry.grid_rows // 2  # merge 2 (geometry)
