@@ -121,9 +121,9 @@ class TemporalLayout(nn.Module):
         if selection.num_valid is not None:
             raise ValueError("a data-dependent token count has no temporal layout")
         index = selection.token_index
-        if selection.per_image:
-            group, position = torch.div(index - 1, self.tokens, rounding_mode="floor"), (index - 1) % self.tokens + 1
-            return embeds, torch.where(index >= 1, encode_token_index(group, position, self.tokens), index)
+        if selection.per_image:  # group * (M + 1) + position = p + group (no Mod: TensorRT 10.3 lacks it)
+            group = torch.div(index - 1, self.tokens, rounding_mode="floor")
+            return embeds, torch.where(index >= 1, index + group, index)
         batch, kept = index.shape[0] // self.groups, index.shape[1]
         group = torch.arange(self.groups, device=index.device).view(1, self.groups, 1)
         index = index.reshape(batch, self.groups, kept)
