@@ -145,9 +145,16 @@ def run_pipeline(argv: Sequence[str]) -> int:
                "graph and the LLM, streaming the answer.")
     p.add_argument("folder", type=Path, help="export folder written by vtp-export")
     p.add_argument("--image", type=Path, action="append", default=[], help="image file, repeatable")
+    p.add_argument("--video", type=Path, action="append", default=[],
+                   help="video exports (--frames): a video file, sampled evenly to the export's frames; repeatable "
+                        "(one per camera)")
+    p.add_argument("--frame", type=Path, nargs="+", action="append", default=[],
+                   help="video exports: one video given as its frames (image files, exactly the export's frames); "
+                        "repeatable (one per camera)")
     p.add_argument("--prompt", required=True, help="the question; the model's image placeholder (<image> for LLaVA, "
-                                                   "<|vision_start|><|image_pad|><|vision_end|> for Qwen2.5-VL) "
-                                                   "marks where each image goes")
+                                                   "<|vision_start|><|image_pad|><|vision_end|> for Qwen2.5-VL; "
+                                                   "<|vision_start|><|video_pad|><|vision_end|> for a video) "
+                                                   "marks where each image or video goes")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; > 0: sampling")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -158,14 +165,23 @@ def run_pipeline(argv: Sequence[str]) -> int:
     p.add_argument("--layout", default="static", help="static (default), or hf: an unpruned llava-next export's "
                                                       "tokens unpadded with image_newline, as HF lays them out")
     args = p.parse_args(argv)
+    videos = [*args.video, *args.frame]
+    if args.image and videos:
+        raise UsageError("an export takes images or videos, not both: give --image, or --video / --frame")
     with Pipeline.from_dir(args.folder, llm=args.llm, backend=args.backend, llm_backend=args.llm_backend,
                            position_ids=args.position_ids, llm_layers=args.llm_layers, dtype=args.llm_dtype,
                            layout=args.layout) as pipe:
-        answer = pipe.answer(args.prompt, args.image, args.max_new_tokens, args.temperature, args.seed,
+        frames = pipe.geometry.frames
+        if videos and not frames:
+            raise UsageError(f"{args.folder} takes still images (--image); export with --frames F for video")
+        if args.image and frames:
+            raise UsageError(f"{args.folder} takes videos of {frames} frames: give --video FILE or --frame FILE ...")
+        answer = pipe.answer(args.prompt, videos or args.image, args.max_new_tokens, args.temperature, args.seed,
                              on_text=lambda _, piece: print(piece, end="", flush=True))
     decode = f"{answer.decode_tokens_per_s:.1f} tokens/s" if answer.decode_tokens_per_s else "n/a"
     images = len(answer.image_tokens)
-    visual = (f" ({'+'.join(map(str, answer.image_tokens))} visual from {images} image{'s' * (images != 1)})"
+    noun = "video part" if videos else "image"
+    visual = (f" ({'+'.join(map(str, answer.image_tokens))} visual from {images} {noun}{'s' * (images != 1)})"
               if images else " (no image)")
     print(f"\n[vtp-export] {len(answer.token_ids)} tokens; time to first token {answer.time_to_first_token_s:.3f} s; "
           f"decode {decode}; {answer.prompt_tokens} prompt tokens{visual}; vision {answer.backend}, "

@@ -19,12 +19,14 @@ from vtp_export.contract import TENSORRT_MAX_TOPK_K, Geometry, Signal, VisionSta
 from vtp_export.errors import UsageError, WeightsError
 from vtp_export.models.base import ModelOption, VisionLanguageModel, parse_size, register
 from vtp_export.models.clip import CLIP_MEAN, CLIP_STD
+from vtp_export.models.token_index import decode_token_index
 
 if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
     from vtp_export.contract import MethodRequirements
+    from vtp_export.util.video import VideoClip
 
 DEFAULT_IMAGE_SIZE = "448x448"
 MIN_PIXELS = 56 * 56  # the smallest image Qwen's processor produces (its min_pixels)
@@ -106,6 +108,7 @@ class Qwen25VL(VisionLanguageModel):
     model_type = "qwen2_5_vl"
     signals = frozenset({Signal.PATCH_SCORES, Signal.PROMPT_EMBEDS})
     image_token = "<|vision_start|><|image_pad|><|vision_end|>"
+    video_token = "<|vision_start|><|video_pad|><|vision_end|>"
     image_separator = ""  # the chat template puts the question right after <|vision_end|>
     default_position_ids = "original"
     hf_class = "Qwen2_5_VLForConditionalGeneration"
@@ -197,8 +200,9 @@ class Qwen25VL(VisionLanguageModel):
 
     def image_span_ids(self, config: Any) -> frozenset[int]:
         """<|vision_start|>, <|image_pad|>, <|vision_end|>: the tokens OpenVINO GenAI's CDPruner leaves out of the
-        prompt's instruction tokens (VisionTokenPruningProcessor::extract_text_features)."""
-        return frozenset({config.vision_start_token_id, config.image_token_id, config.vision_end_token_id})
+        prompt's instruction tokens (VisionTokenPruningProcessor::extract_text_features); <|video_pad|> too."""
+        return frozenset({config.vision_start_token_id, config.image_token_id, config.video_token_id,
+                          config.vision_end_token_id})
 
     def text_positions(self, start: int, length: int) -> np.ndarray:
         """M-RoPE text positions: t = h = w."""
@@ -220,6 +224,42 @@ class Qwen25VL(VisionLanguageModel):
         raster = np.where(token_index >= 1, token_index - 1, geometry.num_patches - 1)
         rows, cols = np.divmod(raster, geometry.grid_cols)
         positions = np.stack([np.zeros_like(raster), rows, cols]) + start
+        return positions.astype(np.int64), start + max(geometry.grid_rows, geometry.grid_cols)
+
+    def preprocess_video(self, clips: list[VideoClip], geometry: Geometry) -> np.ndarray:
+        """(B, F, 3, H, W) float32: every frame as preprocess() takes an image (resized to the export's size, then
+        the Qwen2-VL processor's rescale and normalisation, per pixel what its video processor computes)."""
+        pixels = self.preprocess([frame for clip in clips for frame in clip.frames], geometry)
+        return pixels.reshape(len(clips), geometry.frames, *pixels.shape[1:])
+
+    def video_prompt(self, clip: VideoClip, geometry: Geometry) -> str:
+        """One span as an image's: Qwen2.5-VL's <|vision_start|><|video_pad|>...<|vision_end|>, the pads replaced by
+        the video's tokens (the runtime's marker is the image pad: the LLM never sees the pad itself)."""
+        return self.image_token
+
+    def video_parts(self, token_index: np.ndarray, geometry: Geometry) -> list[np.ndarray]:
+        import numpy as np
+
+        return [np.arange(len(token_index))]
+
+    def video_positions(self, start: int, token_index: np.ndarray, geometry: Geometry, policy: str, clip: VideoClip,
+                        config: Any, part: int) -> tuple[np.ndarray, int]:
+        """original (HF's get_rope_index with video_grid_thw and second_per_grid_ts, gathered): a token of group g at
+        (start + int(g * tokens_per_second * second_per_grid), start + row, start + col) in float32 as HF computes
+        it, second_per_grid = 2 / the sampled frame rate (Qwen2_5_VLProcessor); slots without a source at the last
+        token's; the text after the video at start + max(rows, cols). sequential: numbered on as text."""
+        import numpy as np
+
+        if policy == "sequential":
+            return self.text_positions(start, len(token_index)), start + len(token_index)
+        tokens = geometry.num_patches
+        group, within = decode_token_index(token_index, tokens)
+        real = token_index >= 0
+        group, raster = np.where(real, group, geometry.crops - 1), np.where(real, within - 1, tokens - 1)
+        second_per_grid = np.float32(config.vision_config.temporal_patch_size / clip.sampled_fps)
+        interval = np.float32(config.vision_config.tokens_per_second) * second_per_grid
+        rows, cols = np.divmod(raster, geometry.grid_cols)
+        positions = np.stack([(group.astype(np.float32) * interval).astype(np.int64), rows, cols]) + start
         return positions.astype(np.int64), start + max(geometry.grid_rows, geometry.grid_cols)
 
     def stand_in_tokenizer(self, config: Any) -> Any:

@@ -26,12 +26,14 @@ from vtp_export.contract import Geometry, VisionStack
 from vtp_export.errors import WeightsError
 from vtp_export.models.base import ModelOption, register
 from vtp_export.models.qwen2_5_vl import FRAMES_OPTION, Qwen25VL, image_size, qwen_preprocess, video_groups
+from vtp_export.models.token_index import decode_token_index
 
 if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
     from vtp_export.contract import MethodRequirements
+    from vtp_export.util.video import VideoClip
 
 DEFAULT_IMAGE_SIZE = "512x512"
 PROCESSOR_MEAN = PROCESSOR_STD = (0.5, 0.5, 0.5)  # Qwen3-VL's preprocessor_config.json
@@ -129,6 +131,32 @@ class Qwen3VL(Qwen25VL):
         patch = geometry.image_height // geometry.grid_rows // 2  # merge 2 (geometry)
         return qwen_preprocess(images, geometry.image_height, geometry.image_width, PROCESSOR_MEAN, PROCESSOR_STD,
                                patch)
+
+    def video_prompt(self, clip: VideoClip, geometry: Geometry) -> str:
+        """Qwen3VLProcessor's video layout: each temporal group its own span after its timestamp, `<{t:.1f}
+        seconds><|vision_start|><|video_pad|>...<|vision_end|>`, t the mean time of the group's two frames
+        (_calculate_timestamps); the pads replaced by the group's kept tokens."""
+        times = clip.frame_times
+        return "".join(f"<{(times[2 * g] + times[2 * g + 1]) / 2:.1f} seconds>{self.image_token}"
+                       for g in range(geometry.crops))
+
+    def video_parts(self, token_index: np.ndarray, geometry: Geometry) -> list[np.ndarray]:
+        """The kept slots of each group (slots without a source go with the slot before them)."""
+        import numpy as np
+
+        group, _ = decode_token_index(token_index, geometry.num_patches)
+        owner = np.maximum.accumulate(np.where(token_index >= 0, np.arange(len(token_index)), -1))  # last real slot
+        group = np.where(owner >= 0, group[owner.clip(min=0)], 0)
+        return [np.flatnonzero(group == g) for g in range(geometry.crops)]
+
+    def video_positions(self, start: int, token_index: np.ndarray, geometry: Geometry, policy: str, clip: VideoClip,
+                        config: Any, part: int) -> tuple[np.ndarray, int]:
+        """HF's get_rope_index splits a video into its groups (grid_t 1 each, between timestamps): group `part` is
+        placed as a still image (image_positions on its merged positions 1..M)."""
+        import numpy as np
+
+        local = np.where(token_index >= 0, token_index - part * (geometry.num_patches + 1), token_index)
+        return self.image_positions(start, local, geometry, policy)
 
     def prompt(self, content: str, config: Any) -> str:
         """One user turn of Qwen3-VL's chat template (the processor's chat_template of the Qwen3-VL Instruct
