@@ -34,6 +34,7 @@ class Signal(enum.Enum):
     # for the Qwen family): a graph input like CLIP's text embedding, but computed from the LLM's embedding table.
     PROMPT_EMBEDS = "the prompt's mean LLM input embedding"
     PATCH_SCORES = "an attention score per token"
+    TEMPORAL_GROUPS = "a video's temporal groups (--frames)"
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,8 @@ def video_span(model, tokens: int, times: list[float], pad: int) -> str:
 
 
 def prompt_ids(model, config, checkpoint, spans: str) -> torch.Tensor:
-    return AutoTokenizer.from_pretrained(checkpoint)(model.prompt(spans + QUESTION, config), return_tensors="pt").input_ids
+    prompt = model.prompt(spans + QUESTION, config)
+    return AutoTokenizer.from_pretrained(checkpoint)(prompt, return_tensors="pt").input_ids
 
 
 @pytest.mark.parametrize("which", ["qwen2.5-vl", "qwen3-vl"])

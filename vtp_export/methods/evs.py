@@ -16,7 +16,7 @@ One budget over the video's groups (PruningMethod.temporal): video exports only.
 import torch
 from torch import nn
 
-from vtp_export.contract import TENSORRT_MAX_TOPK_K, Geometry, Selection, Stream, VisionFeatures
+from vtp_export.contract import TENSORRT_MAX_TOPK_K, Geometry, Selection, Signal, Stream, VisionFeatures
 from vtp_export.errors import UsageError
 from vtp_export.methods.base import METHODS, PruningMethod
 from vtp_export.ops import for_scoring, sorted_ascending, top_indices
@@ -31,7 +31,8 @@ class EfficientVideoSampling(PruningMethod):
     summary = ("video: the first temporal group whole, then the tokens least like the same position one group "
                "earlier (1 - cosine), one TopK over the video, video order")
     reference = "vllm-project/vllm@926c71f vllm/multimodal/evs.py compute_retention_mask (arXiv 2510.14624)"
-    requires = frozenset()
+    requires = frozenset({Signal.TEMPORAL_GROUPS})
+    unsupported_reason = "it compares each token with the same position one temporal group earlier"
     projects_all_tokens = True
     temporal = True
 

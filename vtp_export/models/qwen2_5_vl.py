@@ -106,7 +106,7 @@ class Qwen25VL(VisionLanguageModel):
     name = "qwen2.5-vl"
     summary = "Qwen2.5-VL-3B/7B (ViT with window attention and 2-D RoPE, 2x2 merger, M-RoPE LLM), --image-size HxW"
     model_type = "qwen2_5_vl"
-    signals = frozenset({Signal.PATCH_SCORES, Signal.PROMPT_EMBEDS})
+    signals = frozenset({Signal.PATCH_SCORES, Signal.PROMPT_EMBEDS, Signal.TEMPORAL_GROUPS})
     image_token = "<|vision_start|><|image_pad|><|vision_end|>"
     video_token = "<|vision_start|><|video_pad|><|vision_end|>"
     image_separator = ""  # the chat template puts the question right after <|vision_end|>

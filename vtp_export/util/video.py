@@ -35,7 +35,7 @@ VideoInput = VideoClip | str | Path | list[ImageInput] | tuple[ImageInput, ...]
 
 
 def sample_indices(total: int, frames: int) -> list[int]:
-    """HF's sample_frames with num_frames: torch.arange(0, total, total / frames).int(), in float32 as torch computes."""
+    """HF's sample_frames with num_frames: torch.arange(0, total, total / frames).int(), float32 as torch computes."""
     import numpy as np
 
     step = np.float32(total / frames)
