@@ -114,8 +114,8 @@ class VisionGraph(nn.Module):
     def __init__(self, model: VisionLanguageModel, stack: VisionStack, method: PruningMethod) -> None:
         super().__init__()
         levels = model.level_projectors(stack)
-        one_crop = stack.geometry.crops == 1 or stack.geometry.frames
-        if levels and (not one_crop or method.output_names != VISION_OUTPUTS):
+        laid_out = stack.geometry.crops == 1 or stack.geometry.frames  # one crop, or a video's groups
+        if levels and (not laid_out or method.output_names != VISION_OUTPUTS):
             raise ValueError("feature levels are laid out for one crop or a video's groups and a fixed token count")
         self.features = model.feature_extractor(stack, method)
         self.prune = PruningStage(method, stack.projector, model.token_layout(stack.geometry), levels)
