@@ -165,17 +165,10 @@ def run_pipeline(argv: Sequence[str]) -> int:
     p.add_argument("--layout", default="static", help="static (default), or hf: an unpruned llava-next export's "
                                                       "tokens unpadded with image_newline, as HF lays them out")
     args = p.parse_args(argv)
-    videos = [*args.video, *args.frame]
-    if args.image and videos:
-        raise UsageError("an export takes images or videos, not both: give --image, or --video / --frame")
+    videos = clips_of(args.folder, args.image, [*args.video, *args.frame])  # bad input refused before the LLM loads
     with Pipeline.from_dir(args.folder, llm=args.llm, backend=args.backend, llm_backend=args.llm_backend,
                            position_ids=args.position_ids, llm_layers=args.llm_layers, dtype=args.llm_dtype,
                            layout=args.layout) as pipe:
-        frames = pipe.geometry.frames
-        if videos and not frames:
-            raise UsageError(f"{args.folder} takes still images (--image); export with --frames F for video")
-        if args.image and frames:
-            raise UsageError(f"{args.folder} takes videos of {frames} frames: give --video FILE or --frame FILE ...")
         answer = pipe.answer(args.prompt, videos or args.image, args.max_new_tokens, args.temperature, args.seed,
                              on_text=lambda _, piece: print(piece, end="", flush=True))
     decode = f"{answer.decode_tokens_per_s:.1f} tokens/s" if answer.decode_tokens_per_s else "n/a"
@@ -187,6 +180,24 @@ def run_pipeline(argv: Sequence[str]) -> int:
           f"decode {decode}; {answer.prompt_tokens} prompt tokens{visual}; vision {answer.backend}, "
           f"LLM {answer.llm_backend}")
     return 0
+
+
+def clips_of(folder: Path, images: list[Path], videos: list) -> list:
+    """`vtp-export run`'s videos (files, or lists of frames) loaded at the export's frames, checked against what the
+    export takes: images or videos."""
+    from vtp_export.records.export import read_export
+    from vtp_export.util.video import load_video
+
+    if images and videos:
+        raise UsageError("an export takes images or videos, not both: give --image, or --video / --frame")
+    if not images and not videos:
+        return []
+    frames = read_export(folder, verify=False).model.geometry.frames
+    if videos and not frames:
+        raise UsageError(f"{folder} takes still images (--image); export with --frames F for video")
+    if images and frames:
+        raise UsageError(f"{folder} takes videos of {frames} frames: give --video FILE or --frame FILE ...")
+    return [load_video(video, frames) for video in videos]
 
 
 def add_llm_arguments(p: argparse.ArgumentParser) -> None:

@@ -188,3 +188,27 @@ def test_pruned_video_equals_hf_with_the_same_pruning(which, method, qwen_checkp
     answer = pipe.answer(QUESTION, [videos[1]], max_new_tokens=NEW_TOKENS)
     assert answer.token_ids == hf_ids_with_pruning(which, hf, checkpoint, method, videos[1])
     assert sum(answer.image_tokens) == KEEP[method]
+
+
+def test_run_command_takes_a_video_and_frames(qwen_checkpoint, videos, cached_export, tmp_path):
+    options = setup(QWEN25, qwen_checkpoint)[2]
+    folder = cached_export("qwen2.5-vl", "evs", KEEP["evs"], "cpu", weights=qwen_checkpoint, verify_samples=1,
+                           model_options=options)
+    frames, indices, _ = decoded(videos[0])
+    paths = []
+    for i in indices:
+        paths.append(tmp_path / f"frame{i}.png")
+        frames[i].save(paths[-1])
+    command = [sys.executable, "-m", "vtp_export", "run", str(folder), "--prompt", QUESTION, "--max-new-tokens", "3"]
+    for given in (["--video", str(videos[0])], ["--frame", *map(str, paths)]):
+        result = subprocess.run([*command, *given], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert f"{KEEP['evs']} visual" in result.stdout or "visual from 1 video part" in result.stdout
+    short = tmp_path / "short.mp4"
+    write_video(short, 0, frames=3, size=(64, 48))
+    for given, message in [(["--video", str(short)], "has 3 frames; the export samples 4"),
+                           (["--frame", *map(str, paths[:3])], "a video of 3 frames was given"),
+                           (["--image", str(paths[0])], "takes videos of 4 frames")]:
+        result = subprocess.run([*command, *given], capture_output=True, text=True, timeout=300)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
