@@ -1,0 +1,119 @@
+"""Benchmark of video and multi-camera input on full-size Qwen2.5-VL (random weights, the 3B layout) on this machine.
+
+8 frames at 448x448 are 4 temporal groups of 256 merged tokens: 1024 visual tokens per video unpruned. For each
+export (`vtp-export --model qwen2.5-vl --random-weights --frames 8 --target cpu`, fp32 graph), the Pipeline with a
+random LLM of the 3B's width and vocabulary cut to 2 decoder layers answers one question about a synthetic moving
+video (one per camera; `--batch C` exports for C cameras): the vision graph's latency (onnxruntime, all cameras in
+one batch), the visual tokens the LLM receives, the prefill (time to first token of the LLM) and its ratio to the
+unpruned prompt's against the ideal ratio of the prompt lengths. Spatial methods spend K / 4 per group; `evs` one
+budget over the video, at least the first group (K >= 256: 25% is its floor at 8 frames, so it has no 11% row).
+
+  .venv/bin/python tools/bench_video.py [--runs 3] [--cameras 3] [--json figures.json]
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vtp_export.onnx.names import PIXEL_VALUES
+from vtp_export.runtime import Pipeline
+from vtp_export.util.video import load_video
+
+MODEL, FRAMES, SIZE = "qwen2.5-vl", 8, 448
+UNPRUNED = 4 * 256
+QUESTION = "What is ahead, and is anything moving?"
+# (method, keep per video): none, spatial per group at 25% and 11% (K a multiple of the 4 groups), evs at 25%.
+SINGLE = [("none", None), ("divprune", 256), ("divprune", 112), ("uniform", 112), ("evs", 256)]
+CAMERAS = [("none", None), ("divprune", 112), ("evs", 256)]
+
+
+def synthetic_video(seed: int) -> list[Image.Image]:
+    """A random picture with a block moving across it, FRAMES frames of 640x480."""
+    rng = np.random.default_rng(seed)
+    base = (rng.random((480, 640, 3)) * 255).astype(np.uint8)
+    frames = []
+    for i in range(FRAMES):
+        frame = base.copy()
+        frame[200:280, 40 + 60 * i:120 + 60 * i] = 255
+        frames.append(Image.fromarray(frame))
+    return frames
+
+
+def export(method: str, keep: int | None, batch: int, scratch: Path) -> Path:
+    from vtp_export.cli import main
+
+    out = scratch / f"{method}-{keep}-b{batch}"
+    args = ["--model", MODEL, "--method", method, "--target", "cpu", "--random-weights", "--frames", str(FRAMES),
+            "--image-size", f"{SIZE}x{SIZE}", "--batch", str(batch), "--verify-samples", "1", "--out", str(out)]
+    if keep is not None:
+        args += ["--keep", str(keep)]
+    start = time.perf_counter()
+    if main(args):
+        raise SystemExit(f"vtp-export {' '.join(args)} failed")
+    print(f"  exported {out.name} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return out
+
+
+def measure(folder: Path, cameras: int, runs: int) -> dict:
+    pipe = Pipeline.from_dir(folder, llm_layers=2)
+    videos = [load_video(synthetic_video(seed), FRAMES) for seed in range(cameras)]
+    pixels = pipe.model.preprocess_video(videos, pipe.geometry)
+    pipe.backend.run("vision", {PIXEL_VALUES: pixels})  # warm-up
+    vision = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        pipe.backend.run("vision", {PIXEL_VALUES: pixels})
+        vision.append(time.perf_counter() - start)
+    prompt = "".join(f"Camera {i}: {pipe.placeholder}\n" for i in range(cameras)) + QUESTION
+    pipe.answer(prompt, videos, max_new_tokens=1)  # warm-up
+    answers = [pipe.answer(prompt, videos, max_new_tokens=1) for _ in range(runs)]
+    pipe.close()
+    return {"method": pipe.record.method.name, "cameras": cameras, "visual_tokens": sum(answers[0].image_tokens),
+            "prompt_tokens": answers[0].prompt_tokens, "vision_graph_ms": round(statistics.median(vision) * 1e3),
+            "prefill_ms": round(statistics.median(a.time_to_first_token_s for a in answers) * 1e3),
+            "prefill_min_ms": round(min(a.time_to_first_token_s for a in answers) * 1e3)}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| method | cameras | visual tokens | prompt tokens | vision graph | prefill p50 (min) | TTFT ratio | "
+             "ideal |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        base = next(r for r in rows if r["method"] == "none" and r["cameras"] == row["cameras"])
+        lines.append(f"| `{row['method']}` | {row['cameras']} | {row['visual_tokens']} | {row['prompt_tokens']} | "
+                     f"{row['vision_graph_ms']} ms | {row['prefill_ms']} ms ({row['prefill_min_ms']}) | "
+                     f"{row['prefill_ms'] / base['prefill_ms']:.3f} | {row['prompt_tokens'] / base['prompt_tokens']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--cameras", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for cameras, plan in ((1, SINGLE), (args.cameras, CAMERAS)):
+            for method, keep in plan:
+                folder = export(method, keep, cameras, Path(scratch))
+                rows.append(measure(folder, cameras, args.runs))
+                print(json.dumps(rows[-1]), file=sys.stderr)
+                for path in sorted(folder.iterdir()):
+                    path.unlink() if path.is_file() else None
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "machine": platform.processor() or platform.machine()},
+                                        indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
