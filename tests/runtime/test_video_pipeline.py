@@ -212,3 +212,13 @@ def test_run_command_takes_a_video_and_frames(qwen_checkpoint, videos, cached_ex
         result = subprocess.run([*command, *given], capture_output=True, text=True, timeout=300)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_a_video_export_profiles(qwen_checkpoint, cached_export):
+    from vtp_export.runtime.profile import profile_export
+
+    options = setup(QWEN25, qwen_checkpoint)[2]
+    folder = cached_export("qwen2.5-vl", "evs", KEEP["evs"], "cpu", weights=qwen_checkpoint, verify_samples=1,
+                           model_options=options)
+    profile = profile_export(folder, runs=1, warmup=0, new_tokens=2)
+    assert profile.tokens.visual == KEEP["evs"] and set(profile.stages) >= {"vision_graph", "pruning_stage", "prefill"}

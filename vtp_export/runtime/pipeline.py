@@ -177,7 +177,11 @@ class Pipeline:
         return prompt
 
     def preprocess(self, images: list[ImageInput]) -> np.ndarray:
-        """Pixel values of each image as the vision graph takes them, with the HF processor's code."""
+        """Pixel values of each image (each video, for a video export) as the vision graph takes them, with the HF
+        processor's code."""
+        if self.geometry.frames:
+            return self.model.preprocess_video([load_video(video, self.geometry.frames) for video in images],
+                                               self.geometry)
         return self.model.preprocess([load_image(image) for image in images], self.geometry)
 
     def encode_images(self, images: list[ImageInput], questions: list[str],
