@@ -173,7 +173,7 @@ def run_pipeline(argv: Sequence[str]) -> int:
                              on_text=lambda _, piece: print(piece, end="", flush=True))
     decode = f"{answer.decode_tokens_per_s:.1f} tokens/s" if answer.decode_tokens_per_s else "n/a"
     images = len(answer.image_tokens)
-    noun = "video part" if videos else "image"
+    noun = "video" if videos else "image"
     visual = (f" ({'+'.join(map(str, answer.image_tokens))} visual from {images} {noun}{'s' * (images != 1)})"
               if images else " (no image)")
     print(f"\n[vtp-export] {len(answer.token_ids)} tokens; time to first token {answer.time_to_first_token_s:.3f} s; "

@@ -64,6 +64,7 @@ def test_three_video_cameras_equal_hf_generate(which, qwen_checkpoint, qwen3_che
                                 mm_token_type_ids=(ids == VIDEO_PAD).int() * 2, max_new_tokens=NEW_TOKENS,
                                 do_sample=False, **extra)
     assert answer.token_ids == reference[0, ids.shape[1]:].tolist()
+    assert answer.image_tokens == [FRAMES // 2 * tokens] * CAMERAS
 
 
 def test_each_camera_has_its_own_budget(qwen_checkpoint, videos, cached_export):

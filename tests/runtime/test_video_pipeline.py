@@ -187,7 +187,7 @@ def test_pruned_video_equals_hf_with_the_same_pruning(which, method, qwen_checkp
     pipe = Pipeline.from_dir(folder)
     answer = pipe.answer(QUESTION, [videos[1]], max_new_tokens=NEW_TOKENS)
     assert answer.token_ids == hf_ids_with_pruning(which, hf, checkpoint, method, videos[1])
-    assert sum(answer.image_tokens) == KEEP[method]
+    assert answer.image_tokens == [KEEP[method]]
 
 
 def test_run_command_takes_a_video_and_frames(qwen_checkpoint, videos, cached_export, tmp_path):
@@ -203,7 +203,7 @@ def test_run_command_takes_a_video_and_frames(qwen_checkpoint, videos, cached_ex
     for given in (["--video", str(videos[0])], ["--frame", *map(str, paths)]):
         result = subprocess.run([*command, *given], capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
-        assert f"{KEEP['evs']} visual" in result.stdout or "visual from 1 video part" in result.stdout
+        assert f"({KEEP['evs']} visual from 1 video)" in result.stdout
     short = tmp_path / "short.mp4"
     write_video(short, 0, frames=3, size=(64, 48))
     for given, message in [(["--video", str(short)], "has 3 frames; the export samples 4"),

@@ -46,7 +46,7 @@ class Answer:
     text: str
     token_ids: list[int]
     prompt_tokens: int
-    image_tokens: list[int]  # visual tokens given to the LLM for each image
+    image_tokens: list[int]  # visual tokens given to the LLM for each image (each video)
     time_to_first_token_s: float
     decode_tokens_per_s: float | None
     backend: str
@@ -145,7 +145,9 @@ class Pipeline:
         for content, (_, images) in zip(contents, requests):
             segments = self.segments(content, vision, range(start, start + len(images)))
             prompts.append(segments)
-            counts.append([len(s) for s in segments if s.embeds is not None])
+            tokens = [len(s) for s in segments if s.embeds is not None]
+            parts = len(tokens) // len(images) if images else 1  # a video's parts (Qwen3-VL: its groups) together
+            counts.append([sum(tokens[i:i + parts]) for i in range(0, len(tokens), parts)])
             start += len(images)
         longest = max(sum(len(s) for s in segments) for segments in prompts)
         if longest + max_new_tokens > self.llm.context_length:
