@@ -401,6 +401,8 @@ def run_listing(command: str, argv: Sequence[str]) -> int:
 
         for name, method in METHODS.items():
             conditioning = "text-conditioned (question -> text.onnx)" if method.text_conditioned else "image only"
+            if method.temporal:
+                conditioning = "video only, one budget over the temporal groups"
             needs = ", ".join(s.value for s in method.requires) or "the patch features only"
             print(f"{name:13} {method.summary}\n{'':13} {conditioning}; reads {needs}; reference: {method.reference}")
             for option in method.options:

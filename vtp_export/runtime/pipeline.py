@@ -119,11 +119,11 @@ class Pipeline:
         export (each input then a video: a file, a list of frames or a VideoClip)."""
         return self.model.video_token if self.geometry.frames else self.model.image_token
 
-    def answer(self, prompt: str, images: list[ImageInput], max_new_tokens: int = 64, temperature: float = 0.0,
-               seed: int = 0, on_text: OnText | None = None) -> Answer:
+    def answer(self, prompt: str, images: list[ImageInput] | list[VideoInput], max_new_tokens: int = 64,
+               temperature: float = 0.0, seed: int = 0, on_text: OnText | None = None) -> Answer:
         return self.answer_batch([(prompt, images)], max_new_tokens, temperature, seed, on_text)[0]
 
-    def answer_batch(self, requests: list[tuple[str, list[ImageInput]]], max_new_tokens: int = 64,
+    def answer_batch(self, requests: list[tuple[str, list[ImageInput] | list[VideoInput]]], max_new_tokens: int = 64,
                      temperature: float = 0.0, seed: int = 0, on_text: OnText | None = None) -> list[Answer]:
         """Several prompts, each with its images (one per image placeholder in the prompt; prepended if it has
         none)."""
