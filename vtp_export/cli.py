@@ -145,9 +145,16 @@ def run_pipeline(argv: Sequence[str]) -> int:
                "graph and the LLM, streaming the answer.")
     p.add_argument("folder", type=Path, help="export folder written by vtp-export")
     p.add_argument("--image", type=Path, action="append", default=[], help="image file, repeatable")
+    p.add_argument("--video", type=Path, action="append", default=[],
+                   help="video exports (--frames): a video file, sampled evenly to the export's frames; repeatable "
+                        "(one per camera)")
+    p.add_argument("--frame", type=Path, nargs="+", action="append", default=[],
+                   help="video exports: one video given as its frames (image files, exactly the export's frames); "
+                        "repeatable (one per camera)")
     p.add_argument("--prompt", required=True, help="the question; the model's image placeholder (<image> for LLaVA, "
-                                                   "<|vision_start|><|image_pad|><|vision_end|> for Qwen2.5-VL) "
-                                                   "marks where each image goes")
+                                                   "<|vision_start|><|image_pad|><|vision_end|> for Qwen2.5-VL; "
+                                                   "<|vision_start|><|video_pad|><|vision_end|> for a video) "
+                                                   "marks where each image or video goes")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; > 0: sampling")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -158,19 +165,39 @@ def run_pipeline(argv: Sequence[str]) -> int:
     p.add_argument("--layout", default="static", help="static (default), or hf: an unpruned llava-next export's "
                                                       "tokens unpadded with image_newline, as HF lays them out")
     args = p.parse_args(argv)
+    videos = clips_of(args.folder, args.image, [*args.video, *args.frame])  # bad input refused before the LLM loads
     with Pipeline.from_dir(args.folder, llm=args.llm, backend=args.backend, llm_backend=args.llm_backend,
                            position_ids=args.position_ids, llm_layers=args.llm_layers, dtype=args.llm_dtype,
                            layout=args.layout) as pipe:
-        answer = pipe.answer(args.prompt, args.image, args.max_new_tokens, args.temperature, args.seed,
+        answer = pipe.answer(args.prompt, videos or args.image, args.max_new_tokens, args.temperature, args.seed,
                              on_text=lambda _, piece: print(piece, end="", flush=True))
     decode = f"{answer.decode_tokens_per_s:.1f} tokens/s" if answer.decode_tokens_per_s else "n/a"
     images = len(answer.image_tokens)
-    visual = (f" ({'+'.join(map(str, answer.image_tokens))} visual from {images} image{'s' * (images != 1)})"
+    noun = "video" if videos else "image"
+    visual = (f" ({'+'.join(map(str, answer.image_tokens))} visual from {images} {noun}{'s' * (images != 1)})"
               if images else " (no image)")
     print(f"\n[vtp-export] {len(answer.token_ids)} tokens; time to first token {answer.time_to_first_token_s:.3f} s; "
           f"decode {decode}; {answer.prompt_tokens} prompt tokens{visual}; vision {answer.backend}, "
           f"LLM {answer.llm_backend}")
     return 0
+
+
+def clips_of(folder: Path, images: list[Path], videos: list) -> list:
+    """`vtp-export run`'s videos (files, or lists of frames) loaded at the export's frames, checked against what the
+    export takes: images or videos."""
+    from vtp_export.records.export import read_export
+    from vtp_export.util.video import load_video
+
+    if images and videos:
+        raise UsageError("an export takes images or videos, not both: give --image, or --video / --frame")
+    if not images and not videos:
+        return []
+    frames = read_export(folder, verify=False).model.geometry.frames
+    if videos and not frames:
+        raise UsageError(f"{folder} takes still images (--image); export with --frames F for video")
+    if images and frames:
+        raise UsageError(f"{folder} takes videos of {frames} frames: give --video FILE or --frame FILE ...")
+    return [load_video(video, frames) for video in videos]
 
 
 def add_llm_arguments(p: argparse.ArgumentParser) -> None:
@@ -448,6 +475,8 @@ def run_listing(command: str, argv: Sequence[str]) -> int:
 
         for name, method in METHODS.items():
             conditioning = "text-conditioned (question -> text.onnx)" if method.text_conditioned else "image only"
+            if method.temporal:
+                conditioning = "video only, one budget over the temporal groups"
             needs = ", ".join(s.value for s in method.requires) or "the patch features only"
             print(f"{name:13} {method.summary}\n{'':13} {conditioning}; reads {needs}; reference: {method.reference}")
             for option in method.options:

@@ -34,12 +34,13 @@ class Signal(enum.Enum):
     # for the Qwen family): a graph input like CLIP's text embedding, but computed from the LLM's embedding table.
     PROMPT_EMBEDS = "the prompt's mean LLM input embedding"
     PATCH_SCORES = "an attention score per token"
+    TEMPORAL_GROUPS = "a video's temporal groups (--frames)"
 
 
 @dataclass(frozen=True)
 class Geometry:
     """Static sizes of the exported vision graph, all derived from the checkpoint's config and the export's
-    model options (LLaVA-NeXT's tile grid, Qwen2.5-VL's image size)."""
+    model options (LLaVA-NeXT's tile grid, the Qwen models' image size and frames)."""
 
     image_height: int  # pixels of one crop as the tower takes it
     image_width: int
@@ -54,6 +55,9 @@ class Geometry:
     crops: int = 1  # crops per image through the tower: LLaVA-NeXT's base image + R x C tiles
     tile_rows: int = 0
     tile_cols: int = 0
+    # Frames per video (the Qwen models' --frames F): each pair of frames is one temporal patch through the tower,
+    # so a video is F / 2 temporal groups, laid out as crops (crops = F / 2). 0: one still image per graph input.
+    frames: int = 0
 
     @property
     def num_patches(self) -> int:
@@ -68,6 +72,11 @@ class Geometry:
     def tokens_per_image(self) -> int:
         """What the LLM receives per image without pruning."""
         return self.crops * self.num_patches
+
+    @property
+    def crop_name(self) -> str:
+        """What an image's crops are called in messages."""
+        return "temporal groups" if self.frames else "crops"
 
     @property
     def grid(self) -> int:
@@ -95,8 +104,9 @@ class VisionFeatures:
     # Towers without a CLS token: the attention each token receives (Qwen2.5-VL), float32.
     received_attention: Tensor | None = None  # (B, N)
     cls_token: bool = True
-    # Several crops per image (LLaVA-NeXT): for each position of the image's one token sequence, the flat index
-    # crop * N + patch into the crops' patches (the model's layout; methods with one budget per image read it).
+    # Several crops per image (LLaVA-NeXT's tiles, a video's temporal groups): for each position of the image's one
+    # token sequence, the flat index crop * N + patch into the crops' patches (the model's layout; methods with one
+    # budget per image read it).
     image_sequence: Tensor | None = None  # (crops * N,) int64
     # Towers that feed the LLM several feature levels (Qwen3-VL's DeepStack): each level's hidden states laid out
     # like `hidden`; the graph applies the method's selection to every level and projects each with its own merger.

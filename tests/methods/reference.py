@@ -431,3 +431,17 @@ def dart(projected: Tensor, keep: int, pivots: int = 4) -> tuple[Tensor, Tensor]
         tokens.append(x[chosen])
         positions.append(chosen + 1)
     return torch.stack(tokens), torch.stack(positions)
+
+
+def evs(video_embeds: Tensor, grid_thw: tuple[int, int, int], retained: int, merge: int = 2) -> Tensor:
+    """EVS as vLLM codes it (vllm-project/vllm@926c71f vllm/multimodal/evs.py compute_retention_mask), one video's
+    merger output (G * M, D) in video order -> the retention mask (G * M,) bool. vLLM derives `retained` from a
+    pruning rate q as max(M, int(G * M * (1 - q))); here it is given."""
+    groups, height, width = grid_thw
+    video = video_embeds.reshape(groups, height // merge, width // merge, video_embeds.shape[-1])
+    dissimilarity = 1 - torch.nn.functional.cosine_similarity(video[1:], video[:-1], dim=-1)
+    dissimilarity = torch.cat([255 * torch.ones_like(video[:1, :, :, 0]), dissimilarity], dim=0).view(-1)
+    order = torch.argsort(dissimilarity, dim=-1, descending=True, stable=True)
+    mask = torch.zeros_like(dissimilarity, dtype=torch.bool)
+    mask[order[:retained]] = True
+    return mask

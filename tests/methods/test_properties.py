@@ -9,7 +9,7 @@ from vtp_export.methods import METHODS
 
 GEOMETRY = tiny_geometry()
 N = GEOMETRY.num_patches
-PRUNING = [name for name in METHODS.names() if name != "none"]
+PRUNING = [name for name, method in METHODS.items() if name != "none" and not method.temporal]  # evs: video
 
 
 # Each method's own limits on keep, and the refusal each gives.

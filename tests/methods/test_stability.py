@@ -25,7 +25,7 @@ from vtp_export.onnx.inputs import random_input_ids, random_pixel_values
 from vtp_export.towers.clip import ClsAttentionRow, FullWidthClsRow, full_width_cls_attention, run_feature_layer
 
 TINY = MODELS.get("llava15-tiny")
-EXACT = [name for name, method in METHODS.items() if method.exact_selection and name != "none"]
+EXACT = [name for name, method in METHODS.items() if method.exact_selection and name != "none" and not method.temporal]
 
 
 @cache

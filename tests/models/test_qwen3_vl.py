@@ -29,7 +29,7 @@ REFUSED = {
     "prumerge": "the next layer's CLS attention", "prumerge_plus": "the next layer's CLS attention",
     "trim": "CLIP's text tower",
 }
-APPLICABLE = ("holov", "vispruner", "dart", "divprune", "uniform", "random", "none", "cdpruner")
+APPLICABLE = ("holov", "vispruner", "dart", "divprune", "uniform", "random", "none", "cdpruner", "evs")
 
 
 def hub_config(vision: dict, width: int) -> dict:

@@ -34,8 +34,8 @@ IMAGE_TOKEN_ID = 151655
 # leaves 256x320 as it is).
 PROCESSOR = dict(patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3,
                  size={"shortest_edge": 65536, "longest_edge": 16777216})
-APPLICABLE = [name for name, method in METHODS.items()
-              if not method.for_signals(QWEN3.signals).requires - QWEN3.signals]  # cdpruner: its Qwen form
+APPLICABLE = [name for name, method in METHODS.items()  # still images: evs (temporal) takes a video
+              if not method.for_signals(QWEN3.signals).requires - QWEN3.signals and not method.temporal]
 
 
 def picture(seed: int = 0, size=(300, 240)) -> np.ndarray:

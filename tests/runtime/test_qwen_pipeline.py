@@ -25,8 +25,8 @@ TOKENS = 96
 KEEP = 24
 QUESTION = "What is in the picture?"
 NEW_TOKENS = 8
-APPLICABLE = [name for name, method in METHODS.items()
-              if not method.for_signals(QWEN.signals).requires - QWEN.signals]  # cdpruner: its Qwen form
+APPLICABLE = [name for name, method in METHODS.items()  # still images: evs (temporal) takes a video
+              if not method.for_signals(QWEN.signals).requires - QWEN.signals and not method.temporal]
 
 
 def picture(seed: int = 0, size=(300, 240)) -> np.ndarray:

@@ -58,7 +58,7 @@ class ApplySelection(nn.Module):
         if not self.levels:
             return embeds, None
         assert len(features.levels) == len(self.levels)
-        levels = [level(selection, hidden, features.cls_token) for level, hidden in zip(self.levels, features.levels)]
+        levels = [level(selection, hidden, features) for level, hidden in zip(self.levels, features.levels)]
         return embeds, torch.stack(levels, dim=1)
 
 
@@ -72,22 +72,26 @@ def unfilled_zero(embeds: Tensor, selection: Selection) -> Tensor:
 class LevelProjection(nn.Module):
     """One feature level through a Selection: the rows the selection takes of the main stream, from the level's
     stream of the same layout (a PROJECTED selection's `source` rows of the level's patches, which it projects
-    itself), projected by the level's merger, unfilled slots zero."""
+    itself; a per-image selection's rows of the image's sequence of them), projected by the level's merger,
+    unfilled slots zero."""
 
     def __init__(self, projector: nn.Module) -> None:
         super().__init__()
         self.projector = projector
 
-    def forward(self, selection: Selection, hidden: Tensor, cls_token: bool) -> Tensor:
-        stream = hidden if selection.stream is Stream.SEQUENCE or not cls_token else hidden[:, 1:]
+    def forward(self, selection: Selection, hidden: Tensor, features: VisionFeatures) -> Tensor:
+        stream = hidden if selection.stream is Stream.SEQUENCE or not features.cls_token else hidden[:, 1:]
+        if selection.per_image:
+            images = selection.token_index.shape[0]
+            stream = stream.reshape(images, -1, stream.shape[-1])[:, features.image_sequence]
         return unfilled_zero(self.projector(selected_rows(stream, selection)), selection)
 
 
 class PruningStage(nn.Module):
     """VisionFeatures -> the graph's outputs: the method's Selection, applied to the token stream and projected,
     laid out by the model (image_embeds (B, K, D_llm), token_index (B, K) [, num_valid (B,)]), then for towers
-    with feature levels deepstack_embeds (B, levels, K, D_llm) in the same slot order (such models have one crop,
-    whose layout keeps the slots as they are)."""
+    with feature levels deepstack_embeds (B, levels, K, D_llm) in the same slot order (the layout arranges them as
+    it arranges the embeddings: one crop, or a video's temporal groups)."""
 
     def __init__(self, method: PruningMethod, projector: nn.Module, layout: nn.Module,
                  level_projectors: tuple[nn.Module, ...] = ()) -> None:
@@ -100,7 +104,7 @@ class PruningStage(nn.Module):
         selection = self.method(features, self.selection.projector)
         embeds, levels = self.selection(selection, features)
         outputs = self.layout(embeds, selection)
-        return outputs if levels is None else (*outputs, levels)
+        return outputs if levels is None else (*outputs, self.layout.levels(levels, selection))
 
 
 class VisionGraph(nn.Module):
@@ -110,8 +114,9 @@ class VisionGraph(nn.Module):
     def __init__(self, model: VisionLanguageModel, stack: VisionStack, method: PruningMethod) -> None:
         super().__init__()
         levels = model.level_projectors(stack)
-        if levels and (stack.geometry.crops != 1 or method.output_names != VISION_OUTPUTS):
-            raise ValueError("feature levels are laid out for one crop and a fixed token count")
+        laid_out = stack.geometry.crops == 1 or stack.geometry.frames  # one crop, or a video's groups
+        if levels and (not laid_out or method.output_names != VISION_OUTPUTS):
+            raise ValueError("feature levels are laid out for one crop or a video's groups and a fixed token count")
         self.features = model.feature_extractor(stack, method)
         self.prune = PruningStage(method, stack.projector, model.token_layout(stack.geometry), levels)
         self.input_names = TEXT_CONDITIONED_VISION_INPUTS if method.takes_text_embeds else VISION_INPUTS

@@ -1,7 +1,7 @@
 """Pruning methods, one module each, registered in METHODS on import."""
 
 from vtp_export.methods import (  # noqa: F401
-    baselines, cdpruner, dart, divprune, fastervlm, holov, none, prumerge, trim, visionzip, vispruner,
+    baselines, cdpruner, dart, divprune, evs, fastervlm, holov, none, prumerge, trim, visionzip, vispruner,
 )
 from vtp_export.methods.base import METHODS
 

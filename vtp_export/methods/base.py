@@ -65,6 +65,9 @@ class PruningMethod(nn.Module):
     # False where float noise between backends legitimately changes the kept set (chaotic tie structure):
     # verification then measures set overlap instead of requiring identical indices.
     exact_selection: ClassVar[bool] = True
+    # Compares a video's temporal groups (evs): one budget over the whole video instead of K / G per group, and
+    # only for video exports (--frames).
+    temporal: ClassVar[bool] = False
 
     # Needs text_embeds, a graph input (both set from `requires`): text_conditioned, the CLIP text graph's embedding
     # of the question (the export carries text.onnx); prompt_conditioned, the mean LLM input embedding of the
@@ -98,18 +101,19 @@ class PruningMethod(nn.Module):
     def output_tokens(cls, geometry: Geometry, keep: int | None) -> int:
         """The tokens the method keeps of each crop, after validating the requested per-image keep: 1..N-1 for
         one crop; for C crops (LLaVA-NeXT) a multiple of C whose share of each crop is 1..N-1."""
-        n, crops = geometry.num_patches, geometry.crops
+        n, crops, unit = geometry.num_patches, geometry.crops, geometry.crop_name
         if keep is None:
             raise UsageError(f"method {cls.name} needs --keep ({crops}..{crops * (n - 1)}"
-                             + (f", a multiple of the {crops} crops)" if crops > 1 else ")"))
+                             + (f", a multiple of the {crops} {unit})" if crops > 1 else ")"))
         if crops > 1 and keep % crops:
             low, high = keep // crops * crops, (keep // crops + 1) * crops
             nearest = " or ".join(str(k) for k in (low, high) if crops <= k <= crops * (n - 1))
-            raise UsageError(f"--keep {keep} is not a multiple of the {crops} crops {cls.name} splits it over "
-                             f"(top-k per crop): use {nearest}")
+            raise UsageError(f"--keep {keep} is not a multiple of the {crops} {unit} {cls.name} splits it over "
+                             f"(top-k per {'group' if geometry.frames else 'crop'}): use {nearest}")
         if not 1 <= keep // crops < n:
-            raise UsageError(f"--keep {keep} is out of range for {cls.name}: the model has {crops * n} tokens per image"
-                             f"{f' in {crops} crops' if crops > 1 else ''}, use {crops}..{crops * (n - 1)}")
+            raise UsageError(f"--keep {keep} is out of range for {cls.name}: the model has {crops * n} tokens per "
+                             f"{'video' if geometry.frames else 'image'}{f' in {crops} {unit}' if crops > 1 else ''}, "
+                             f"use {crops}..{crops * (n - 1)}")
         return keep // crops
 
     @property

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
+    from vtp_export.util.video import VideoClip
+
 
 @dataclass(frozen=True)
 class ModelOption:
@@ -51,6 +53,7 @@ class VisionLanguageModel:
     signals: ClassVar[frozenset[Signal]]
     image_token: ClassVar[str]  # the prompt placeholder one image's tokens replace
     image_pad_token: ClassVar[str]  # the special token of the placeholder that stands for the image's embeddings
+    video_token: ClassVar[str | None] = None  # the prompt placeholder one video's tokens replace (video exports)
     image_separator: ClassVar[str] = "\n"  # between the image placeholders a prompt without them gets, and its text
     default_position_ids: ClassVar[str] = "sequential"  # the runtime's position policy unless one is asked for
     mrope: ClassVar[bool] = False  # the LLM takes (3, T) M-RoPE positions (text_positions, image_positions)
@@ -158,6 +161,26 @@ class VisionLanguageModel:
         crop, within = decode_token_index(token_index, n)
         offsets = np.where((token_index >= 0) & (within >= 1), crop * n + within - 1, geometry.tokens_per_image - 1)
         return (start + offsets).astype(np.int64), start + geometry.tokens_per_image
+
+    # --- runtime, video exports (Geometry.frames) -------------------------------------------------------------
+    def preprocess_video(self, clips: list[VideoClip], geometry: Geometry) -> np.ndarray:
+        """Video clips of geometry.frames frames -> pixel_values (B, F, 3, H, W), with the HF processor's code."""
+        raise NotImplementedError(f"{self.name} takes no video")
+
+    def video_prompt(self, clip: VideoClip, geometry: Geometry) -> str:
+        """The prompt text a video's placeholder becomes: one image_token per part of its tokens (video_parts), in
+        the model's video layout (timestamps, separators)."""
+        raise NotImplementedError(f"{self.name} takes no video")
+
+    def video_parts(self, token_index: np.ndarray, geometry: Geometry) -> list[np.ndarray]:
+        """A video's kept slots split into the prompt's parts (video_prompt), as slot indices."""
+        raise NotImplementedError(f"{self.name} takes no video")
+
+    def video_positions(self, start: int, token_index: np.ndarray, geometry: Geometry, policy: str, clip: VideoClip,
+                        config: Any, part: int) -> tuple[np.ndarray, int]:
+        """Position ids of one part of a video's kept tokens placed at `start`, and where the text after them
+        starts (image_positions for a video)."""
+        raise NotImplementedError(f"{self.name} takes no video")
 
     def stand_in_tokenizer(self, config: Any) -> Any:
         """A byte-level tokenizer with the model's special-token layout, for random-weight LLMs (the text is

@@ -1,6 +1,7 @@
 """How a model lays one image's tokens out for the LLM, as graph code: the crops of LLaVA-NeXT's AnyRes grid
-(the crops through the tower as one batch, per-crop selections arranged as the official NeXT paths do) and
-the token_index codec (models/token_index.py) that numbers each token's source.
+(the crops through the tower as one batch, per-crop selections arranged as the official NeXT paths do), a
+video's temporal groups (the Qwen models' --frames: each group one crop, laid out group after group) and the
+token_index codec (models/token_index.py) that numbers each token's source.
 Imported by the adapters' graph members only (it imports torch)."""
 
 import torch
@@ -47,16 +48,24 @@ class AnyResCrops(nn.Module):
     def __init__(self, features: nn.Module, geometry: Geometry) -> None:
         super().__init__()
         self.features, self.crops = features, geometry.crops
-        self.register_buffer("image_sequence", anyres_sequence(geometry)[0], persistent=False)
+        self.register_buffer("image_sequence", self.sequence(geometry), persistent=False)
+
+    @staticmethod
+    def sequence(geometry: Geometry) -> Tensor:
+        return anyres_sequence(geometry)[0]
 
     def forward(self, pixel_values: Tensor, text_embeds: Tensor | None = None) -> VisionFeatures:
         return self.method_inputs(self.tower_features(pixel_values), text_embeds)
 
+    def crop_batch(self, pixel_values: Tensor) -> Tensor:
+        """The crops of every image as one batch of the tower's input."""
+        return pixel_values.flatten(0, 1)
+
     def tower_features(self, pixel_values: Tensor) -> VisionFeatures:
-        return self.features.tower_features(pixel_values.flatten(0, 1))
+        return self.features.tower_features(self.crop_batch(pixel_values))
 
     def scoring_input(self, pixel_values: Tensor) -> Tensor:
-        return self.features.scoring_input(pixel_values.flatten(0, 1))
+        return self.features.scoring_input(self.crop_batch(pixel_values))
 
     def scoring_layer(self, x: Tensor) -> VisionFeatures:
         return self.features.scoring_layer(x)
@@ -69,6 +78,22 @@ class AnyResCrops(nn.Module):
         return features
 
 
+class TemporalGroups(AnyResCrops):
+    """pixel_values (B, F, 3, H, W), a video of F frames [, text_embeds (B, P)] -> its F / 2 temporal groups (frames
+    2g and 2g + 1) through `features` as one batch of B x groups rows of (3, 2, H, W) clips, each the tower's
+    temporal patch (HF's Conv3d over 2 frames): HF's vision towers attend within each group (cu_seqlens per
+    temporal patch), so each group is one crop. The video's token sequence is its groups' tokens group after group."""
+
+    @staticmethod
+    def sequence(geometry: Geometry) -> Tensor:
+        return torch.arange(geometry.tokens_per_image)
+
+    def crop_batch(self, pixel_values: Tensor) -> Tensor:
+        batch, frames = pixel_values.shape[:2]
+        pairs = pixel_values.reshape(batch * self.crops, frames // self.crops, *pixel_values.shape[2:])
+        return pairs.transpose(1, 2)
+
+
 class OneCrop(nn.Module):
     """One crop per image: the selection's slots are the image's tokens as they are."""
 
@@ -76,6 +101,43 @@ class OneCrop(nn.Module):
         if selection.num_valid is None:
             return embeds, selection.token_index
         return embeds, selection.token_index, selection.num_valid
+
+    def levels(self, levels: Tensor, selection: Selection) -> Tensor:
+        """(B, L, K, D) feature levels of the selection's slots, laid out as forward() lays out the embeddings."""
+        return levels
+
+
+class TemporalLayout(nn.Module):
+    """Per-group selections (B x groups rows of k slots) -> one sequence per video, group after group, each
+    group's slots as the method emits them (raster order for every method with a spatial order), token_index
+    group * (M + 1) + merged position. A selection over the video's whole sequence (Selection.per_image: evs,
+    HoloV) keeps its order: sequence position p (1-based) becomes group (p - 1) // M, position (p - 1) % M + 1."""
+
+    def __init__(self, geometry: Geometry) -> None:
+        super().__init__()
+        self.groups, self.tokens = geometry.crops, geometry.num_patches
+
+    def forward(self, embeds: Tensor, selection: Selection) -> tuple[Tensor, Tensor]:
+        if selection.num_valid is not None:
+            raise ValueError("a data-dependent token count has no temporal layout")
+        index = selection.token_index
+        if selection.per_image:  # group * (M + 1) + position = p + group (no Mod: TensorRT 10.3 lacks it)
+            group = torch.div(index - 1, self.tokens, rounding_mode="floor")
+            return embeds, torch.where(index >= 1, index + group, index)
+        batch, kept = index.shape[0] // self.groups, index.shape[1]
+        group = torch.arange(self.groups, device=index.device).view(1, self.groups, 1)
+        index = index.reshape(batch, self.groups, kept)
+        index = torch.where(index >= 0, encode_token_index(group, index, self.tokens), index)
+        return embeds.reshape(batch, self.groups * kept, embeds.shape[-1]), index.reshape(batch, self.groups * kept)
+
+    def levels(self, levels: Tensor, selection: Selection) -> Tensor:
+        """(B x groups, L, k, D) -> (B, L, groups * k, D) as forward() lays out the embeddings (per-image
+        selections: (B, L, K, D) as they are)."""
+        if selection.per_image:
+            return levels
+        rows, count, kept, width = levels.shape
+        grouped = levels.reshape(rows // self.groups, self.groups, count, kept, width).transpose(1, 2)
+        return grouped.reshape(rows // self.groups, count, self.groups * kept, width)
 
 
 class AnyResLayout(nn.Module):

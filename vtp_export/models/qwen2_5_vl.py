@@ -19,12 +19,14 @@ from vtp_export.contract import TENSORRT_MAX_TOPK_K, Geometry, Signal, VisionSta
 from vtp_export.errors import UsageError, WeightsError
 from vtp_export.models.base import ModelOption, VisionLanguageModel, parse_size, register
 from vtp_export.models.clip import CLIP_MEAN, CLIP_STD
+from vtp_export.models.token_index import decode_token_index
 
 if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
     from vtp_export.contract import MethodRequirements
+    from vtp_export.util.video import VideoClip
 
 DEFAULT_IMAGE_SIZE = "448x448"
 MIN_PIXELS = 56 * 56  # the smallest image Qwen's processor produces (its min_pixels)
@@ -81,6 +83,22 @@ def original_image_positions(start: int, token_index: np.ndarray, grid_rows: int
     positions = np.stack([np.zeros_like(raster), rows, cols]) + start
     return positions.astype(np.int64), start + max(grid_rows, grid_cols)
 
+
+FRAMES_OPTION = ModelOption("frames", "frames per video F fixed at export, even (the tower's temporal patch is 2 "
+                            "frames: F/2 temporal groups); 0 for still images", "0")
+
+
+def video_frames(text: str) -> int:
+    """'8' -> 8 frames per video (0: still images), checked: even, since each temporal patch is two frames."""
+    if not text.isdigit():
+        raise UsageError(f"--frames {text!r}: expected an even number of frames per video, e.g. 8")
+    frames = int(text)
+    if frames % 2:
+        nearest = " or ".join(str(f) for f in (frames - 1, frames + 1) if f >= 2)
+        raise UsageError(f"--frames {frames}: the tower's temporal patch is 2 frames, so F must be even: use {nearest}")
+    return frames
+
+
 def image_size(text: str, unit: int, min_pixels: int = MIN_PIXELS,
                smallest: str = "Qwen2.5-VL's processor takes at least 56x56 pixels") -> tuple[int, int]:
     """'448x448' -> (448, 448), checked: multiples of `unit`, at least `min_pixels` (`smallest` says why), fewer
@@ -103,9 +121,10 @@ class Qwen25VL(VisionLanguageModel):
     name = "qwen2.5-vl"
     summary = "Qwen2.5-VL-3B/7B (ViT with window attention and 2-D RoPE, 2x2 merger, M-RoPE LLM), --image-size HxW"
     model_type = "qwen2_5_vl"
-    signals = frozenset({Signal.PATCH_SCORES, Signal.PROMPT_EMBEDS})
+    signals = frozenset({Signal.PATCH_SCORES, Signal.PROMPT_EMBEDS, Signal.TEMPORAL_GROUPS})
     image_token = "<|vision_start|><|image_pad|><|vision_end|>"
     image_pad_token = "<|image_pad|>"
+    video_token = "<|vision_start|><|video_pad|><|vision_end|>"
     image_separator = ""  # the chat template puts the question right after <|vision_end|>
     default_position_ids = "original"
     mrope = True
@@ -113,7 +132,8 @@ class Qwen25VL(VisionLanguageModel):
     canonical_repo = "Qwen/Qwen2.5-VL-3B-Instruct"
     config_class: ClassVar[str] = "Qwen2_5_VLConfig"  # transformers' config class of the checkpoints
     family: ClassVar[str] = "Qwen2.5-VL"
-    options = (ModelOption("image_size", "image size HxW fixed at export, multiples of 28", DEFAULT_IMAGE_SIZE),)
+    options = (ModelOption("image_size", "image size HxW fixed at export, multiples of 28", DEFAULT_IMAGE_SIZE),
+               FRAMES_OPTION)
 
     def vision_settings(self) -> dict:
         return vision_3b()
@@ -150,12 +170,13 @@ class Qwen25VL(VisionLanguageModel):
         self.check_vision(vision)
         unit = vision.patch_size * vision.spatial_merge_size
         height, width = self.image_size(options, unit)
+        frames = video_frames(self.resolved_options(options)["frames"])
         merge = vision.spatial_merge_size ** 2
         return Geometry(
             image_height=height, image_width=width, grid_rows=height // unit, grid_cols=width // unit,
             cls_token=False, vision_width=vision.hidden_size * merge, num_heads=vision.num_heads,
             head_dim=vision.hidden_size // vision.num_heads, llm_width=config.text_config.hidden_size,
-            feature_layer=vision.depth - 1,
+            feature_layer=vision.depth - 1, crops=max(1, frames // vision.temporal_patch_size), frames=frames,
         )
 
     def vision_key(self, checkpoint_key: str) -> str | None:
@@ -180,7 +201,12 @@ class Qwen25VL(VisionLanguageModel):
     def feature_extractor(self, stack: VisionStack, method: MethodRequirements) -> nn.Module:
         from vtp_export.towers.qwen import QwenFeatures
 
-        return QwenFeatures(stack, method)
+        return video_groups(QwenFeatures(stack, method), stack.geometry)
+
+    def token_layout(self, geometry: Geometry) -> nn.Module:
+        from vtp_export.models.layout import OneCrop, TemporalLayout
+
+        return TemporalLayout(geometry) if geometry.frames else OneCrop()
 
     def preprocess(self, images: list, geometry: Geometry) -> np.ndarray:
         return qwen_preprocess(images, geometry.image_height, geometry.image_width)
@@ -191,8 +217,9 @@ class Qwen25VL(VisionLanguageModel):
 
     def image_span_ids(self, config: Any) -> frozenset[int]:
         """<|vision_start|>, <|image_pad|>, <|vision_end|>: the tokens OpenVINO GenAI's CDPruner leaves out of the
-        prompt's instruction tokens (VisionTokenPruningProcessor::extract_text_features)."""
-        return frozenset({config.vision_start_token_id, config.image_token_id, config.vision_end_token_id})
+        prompt's instruction tokens (VisionTokenPruningProcessor::extract_text_features); <|video_pad|> too."""
+        return frozenset({config.vision_start_token_id, config.image_token_id, config.video_token_id,
+                          config.vision_end_token_id})
 
     def text_positions(self, start: int, length: int) -> np.ndarray:
         """M-RoPE text positions: t = h = w."""
@@ -210,6 +237,42 @@ class Qwen25VL(VisionLanguageModel):
         if policy == "sequential":
             return self.text_positions(start, kept), start + kept
         return original_image_positions(start, token_index, geometry.grid_rows, geometry.grid_cols)
+
+    def preprocess_video(self, clips: list[VideoClip], geometry: Geometry) -> np.ndarray:
+        """(B, F, 3, H, W) float32: every frame as preprocess() takes an image (resized to the export's size, then
+        the Qwen2-VL processor's rescale and normalisation, per pixel what its video processor computes)."""
+        pixels = self.preprocess([frame for clip in clips for frame in clip.frames], geometry)
+        return pixels.reshape(len(clips), geometry.frames, *pixels.shape[1:])
+
+    def video_prompt(self, clip: VideoClip, geometry: Geometry) -> str:
+        """One span as an image's: Qwen2.5-VL's <|vision_start|><|video_pad|>...<|vision_end|>, the pads replaced by
+        the video's tokens (the runtime's marker is the image pad: the LLM never sees the pad itself)."""
+        return self.image_token
+
+    def video_parts(self, token_index: np.ndarray, geometry: Geometry) -> list[np.ndarray]:
+        import numpy as np
+
+        return [np.arange(len(token_index))]
+
+    def video_positions(self, start: int, token_index: np.ndarray, geometry: Geometry, policy: str, clip: VideoClip,
+                        config: Any, part: int) -> tuple[np.ndarray, int]:
+        """original (HF's get_rope_index with video_grid_thw and second_per_grid_ts, gathered): a token of group g at
+        (start + int(g * tokens_per_second * second_per_grid), start + row, start + col) in float32 as HF computes
+        it, second_per_grid = 2 / the sampled frame rate (Qwen2_5_VLProcessor); slots without a source at the last
+        token's; the text after the video at start + max(rows, cols). sequential: numbered on as text."""
+        import numpy as np
+
+        if policy == "sequential":
+            return self.text_positions(start, len(token_index)), start + len(token_index)
+        tokens = geometry.num_patches
+        group, within = decode_token_index(token_index, tokens)
+        real = token_index >= 0
+        group, raster = np.where(real, group, geometry.crops - 1), np.where(real, within - 1, tokens - 1)
+        second_per_grid = np.float32(config.vision_config.temporal_patch_size / clip.sampled_fps)
+        interval = np.float32(config.vision_config.tokens_per_second) * second_per_grid
+        rows, cols = np.divmod(raster, geometry.grid_cols)
+        positions = np.stack([(group.astype(np.float32) * interval).astype(np.int64), rows, cols]) + start
+        return positions.astype(np.int64), start + max(geometry.grid_rows, geometry.grid_cols)
 
     def stand_in_tokenizer(self, config: Any) -> Any:
         from vtp_export.models.tokenizer import stand_in_qwen_tokenizer
@@ -229,6 +292,13 @@ class Qwen25VLTiny(Qwen25VL):
 
     def text_settings(self) -> dict:
         return tiny_text()
+
+
+def video_groups(features: nn.Module, geometry: Geometry) -> nn.Module:
+    """The tower's features, for a video export over its temporal groups (models/layout.py TemporalGroups)."""
+    from vtp_export.models.layout import TemporalGroups
+
+    return TemporalGroups(features, geometry) if geometry.frames else features
 
 
 def qwen_preprocess(images: list, height: int, width: int, mean: tuple[float, ...] = CLIP_MEAN,

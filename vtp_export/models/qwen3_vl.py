@@ -25,13 +25,15 @@ from typing import TYPE_CHECKING, Any
 from vtp_export.contract import Geometry, VisionStack
 from vtp_export.errors import WeightsError
 from vtp_export.models.base import ModelOption, register
-from vtp_export.models.qwen2_5_vl import Qwen25VL, image_size, qwen_preprocess
+from vtp_export.models.qwen2_5_vl import FRAMES_OPTION, Qwen25VL, image_size, qwen_preprocess, video_groups
+from vtp_export.models.token_index import decode_token_index
 
 if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
     from vtp_export.contract import MethodRequirements
+    from vtp_export.util.video import VideoClip
 
 DEFAULT_IMAGE_SIZE = "512x512"
 PROCESSOR_MEAN = PROCESSOR_STD = (0.5, 0.5, 0.5)  # Qwen3-VL's preprocessor_config.json
@@ -81,7 +83,8 @@ class Qwen3VL(Qwen25VL):
     canonical_repo = "Qwen/Qwen3-VL-2B-Instruct"
     config_class = "Qwen3VLConfig"
     family = "Qwen3-VL"
-    options = (ModelOption("image_size", "image size HxW fixed at export, multiples of 32", DEFAULT_IMAGE_SIZE),)
+    options = (ModelOption("image_size", "image size HxW fixed at export, multiples of 32", DEFAULT_IMAGE_SIZE),
+               FRAMES_OPTION)
 
     def vision_settings(self) -> dict:
         return vision_2b()
@@ -123,12 +126,38 @@ class Qwen3VL(Qwen25VL):
     def feature_extractor(self, stack: VisionStack, method: MethodRequirements) -> nn.Module:
         from vtp_export.towers.qwen3 import Qwen3Features
 
-        return Qwen3Features(stack, method)
+        return video_groups(Qwen3Features(stack, method), stack.geometry)
 
     def preprocess(self, images: list, geometry: Geometry) -> np.ndarray:
         patch = geometry.image_height // geometry.grid_rows // 2  # merge 2 (geometry)
         return qwen_preprocess(images, geometry.image_height, geometry.image_width, PROCESSOR_MEAN, PROCESSOR_STD,
                                patch)
+
+    def video_prompt(self, clip: VideoClip, geometry: Geometry) -> str:
+        """Qwen3VLProcessor's video layout: each temporal group its own span after its timestamp, `<{t:.1f}
+        seconds><|vision_start|><|video_pad|>...<|vision_end|>`, t the mean time of the group's two frames
+        (_calculate_timestamps); the pads replaced by the group's kept tokens."""
+        times = clip.frame_times
+        return "".join(f"<{(times[2 * g] + times[2 * g + 1]) / 2:.1f} seconds>{self.image_token}"
+                       for g in range(geometry.crops))
+
+    def video_parts(self, token_index: np.ndarray, geometry: Geometry) -> list[np.ndarray]:
+        """The kept slots of each group (slots without a source go with the slot before them)."""
+        import numpy as np
+
+        group, _ = decode_token_index(token_index, geometry.num_patches)
+        owner = np.maximum.accumulate(np.where(token_index >= 0, np.arange(len(token_index)), -1))  # last real slot
+        group = np.where(owner >= 0, group[owner.clip(min=0)], 0)
+        return [np.flatnonzero(group == g) for g in range(geometry.crops)]
+
+    def video_positions(self, start: int, token_index: np.ndarray, geometry: Geometry, policy: str, clip: VideoClip,
+                        config: Any, part: int) -> tuple[np.ndarray, int]:
+        """HF's get_rope_index splits a video into its groups (grid_t 1 each, between timestamps): group `part` is
+        placed as a still image (image_positions on its merged positions 1..M)."""
+        import numpy as np
+
+        local = np.where(token_index >= 0, token_index - part * (geometry.num_patches + 1), token_index)
+        return self.image_positions(start, local, geometry, policy)
 
     def prompt(self, content: str, config: Any) -> str:
         """One user turn of Qwen3-VL's chat template (the processor's chat_template of the Qwen3-VL Instruct

@@ -10,8 +10,9 @@ Arrays = dict[str, np.ndarray]  # one sample's graph inputs or outputs by name
 
 
 def pixel_shape(geometry: Geometry, batch: int) -> tuple[int, ...]:
-    """pixel_values as the vision graph takes them: (B, 3, H, W), or (B, crops, 3, H, W) for AnyRes crops."""
-    crops = (geometry.crops,) if geometry.crops > 1 else ()
+    """pixel_values as the vision graph takes them: (B, 3, H, W), (B, crops, 3, H, W) for AnyRes crops, or
+    (B, F, 3, H, W) for a video of F frames."""
+    crops = (geometry.frames,) if geometry.frames else (geometry.crops,) if geometry.crops > 1 else ()
     return (batch, *crops, 3, geometry.image_height, geometry.image_width)
 
 

@@ -29,8 +29,10 @@ from vtp_export.runtime.backends import VisionBackend, open_backend
 from vtp_export.runtime.llm.backends import DEFAULT_LLM_BACKEND, LLM_BACKENDS, LlmBackend, llm_backend
 from vtp_export.runtime.llm.protocol import POSITION_POLICIES, LanguageModelBackend, LlmRequest, Segment
 from vtp_export.util.images import ImageInput, load_image
+from vtp_export.util.video import VideoInput, load_video
 
 IMAGE_SIZES = "image_sizes"  # (height, width) of each original image, beside the vision graph's outputs
+VIDEO_CLIPS = "video_clips"  # video exports: each video's VideoClip (its frame times), beside the outputs
 
 # static: the vision graph's tokens as they are; hf: AnyRes models' unpruned tokens unpadded by the image's size
 # with image_newline after every grid row, as HF's pack_image_features (to prove the pipeline equals HF).
@@ -44,7 +46,7 @@ class Answer:
     text: str
     token_ids: list[int]
     prompt_tokens: int
-    image_tokens: list[int]  # visual tokens given to the LLM for each image
+    image_tokens: list[int]  # visual tokens given to the LLM for each image (each video)
     time_to_first_token_s: float
     decode_tokens_per_s: float | None
     backend: str
@@ -109,11 +111,17 @@ class Pipeline:
         self.backend.close()
         self.llm.close()
 
-    def answer(self, prompt: str, images: list[ImageInput], max_new_tokens: int = 64, temperature: float = 0.0,
-               seed: int = 0, on_text: OnText | None = None) -> Answer:
+    @property
+    def placeholder(self) -> str:
+        """The prompt placeholder of one input: the model's image placeholder, or its video placeholder for a video
+        export (each input then a video: a file, a list of frames or a VideoClip)."""
+        return self.model.video_token if self.geometry.frames else self.model.image_token
+
+    def answer(self, prompt: str, images: list[ImageInput] | list[VideoInput], max_new_tokens: int = 64,
+               temperature: float = 0.0, seed: int = 0, on_text: OnText | None = None) -> Answer:
         return self.answer_batch([(prompt, images)], max_new_tokens, temperature, seed, on_text)[0]
 
-    def answer_batch(self, requests: list[tuple[str, list[ImageInput]]], max_new_tokens: int = 64,
+    def answer_batch(self, requests: list[tuple[str, list[ImageInput] | list[VideoInput]]], max_new_tokens: int = 64,
                      temperature: float = 0.0, seed: int = 0, on_text: OnText | None = None) -> list[Answer]:
         """Several prompts, each with its images (one per image placeholder in the prompt; prepended if it has
         none)."""
@@ -123,7 +131,7 @@ class Pipeline:
             raise PipelineError(f"max_new_tokens={max_new_tokens} must be at least 1")
         if not (math.isfinite(temperature) and temperature >= 0):
             raise PipelineError(f"temperature={temperature} must be a finite number >= 0 (0: greedy)")
-        placeholder = self.model.image_token
+        placeholder = self.placeholder
         contents = [self.content(prompt, images) for prompt, images in requests]
         questions = [prompt.replace(placeholder, "").strip() for prompt, _ in requests]
         flat = [image for _, images in requests for image in images]
@@ -135,7 +143,9 @@ class Pipeline:
         for content, (_, images) in zip(contents, requests):
             segments = self.segments(content, vision, range(start, start + len(images)))
             prompts.append(segments)
-            counts.append([len(s) for s in segments if s.embeds is not None])
+            tokens = [len(s) for s in segments if s.embeds is not None]
+            parts = len(tokens) // len(images) if images else 1  # a video's parts (Qwen3-VL: its groups) together
+            counts.append([sum(tokens[i:i + parts]) for i in range(0, len(tokens), parts)])
             start += len(images)
         longest = max(sum(len(s) for s in segments) for segments in prompts)
         if longest + max_new_tokens > self.llm.context_length:
@@ -157,17 +167,21 @@ class Pipeline:
                 for ids, prompt_tokens, image_tokens in zip(generated.token_ids, generated.prompt_tokens, counts)]
 
     def content(self, prompt: str, images: list[ImageInput]) -> str:
-        placeholder = self.model.image_token
+        placeholder, noun = self.placeholder, "video" if self.geometry.frames else "image"
         placeholders = prompt.count(placeholder)
         if placeholders == 0:
             return placeholder * len(images) + self.model.image_separator + prompt if images else prompt
         if placeholders != len(images):
             raise PipelineError(f"the prompt has {placeholders} {placeholder} placeholder{'s' * (placeholders != 1)} "
-                                f"for {len(images)} image{'s' * (len(images) != 1)}")
+                                f"for {len(images)} {noun}{'s' * (len(images) != 1)}")
         return prompt
 
     def preprocess(self, images: list[ImageInput]) -> np.ndarray:
-        """Pixel values of each image as the vision graph takes them, with the HF processor's code."""
+        """Pixel values of each image (each video, for a video export) as the vision graph takes them, with the HF
+        processor's code."""
+        if self.geometry.frames:
+            return self.model.preprocess_video([load_video(video, self.geometry.frames) for video in images],
+                                               self.geometry)
         return self.model.preprocess([load_image(image) for image in images], self.geometry)
 
     def encode_images(self, images: list[ImageInput], questions: list[str],
@@ -178,8 +192,12 @@ class Pipeline:
         embedding of the one-image prompt the question makes."""
         if not images:
             return {}
-        loaded = [load_image(image) for image in images]
-        pixels = self.model.preprocess(loaded, self.geometry)
+        if self.geometry.frames:
+            clips = [load_video(video, self.geometry.frames) for video in images]
+            pixels, sizes = self.model.preprocess_video(clips, self.geometry), [clip.size for clip in clips]
+        else:
+            loaded = [load_image(image) for image in images]
+            pixels, sizes = self.model.preprocess(loaded, self.geometry), [(i.height, i.width) for i in loaded]
         chunk = self.record.graphs["vision"].batch or len(images)
         if text_embeds is None and self.clip_tokenizer is not None:
             text_embeds = self.text_embeds(questions)
@@ -197,7 +215,10 @@ class Pipeline:
             for name, value in result.items():
                 outputs.setdefault(name, []).append(value[:kept])
         stacked = {name: np.concatenate(parts) for name, parts in outputs.items()}
-        stacked[IMAGE_SIZES] = np.array([(image.height, image.width) for image in loaded])
+        stacked[IMAGE_SIZES] = np.array(sizes)
+        if self.geometry.frames:
+            stacked[VIDEO_CLIPS] = np.empty(len(clips), dtype=object)
+            stacked[VIDEO_CLIPS][:] = clips
         return stacked
 
     def text_embeds(self, questions: list[str]) -> np.ndarray:
@@ -224,28 +245,49 @@ class Pipeline:
 
     def segments(self, content: str, vision: dict[str, np.ndarray], image_rows: range) -> list[Segment]:
         """The prompt as text and image segments with their position ids (and, for a DeepStack model, each image's
-        deepstack_embeds rows: the same slots as its image_embeds)."""
+        deepstack_embeds rows: the same slots as its image_embeds). A video's tokens are one segment or one per
+        part of the model's video layout (Qwen3-VL: per temporal group, between timestamps)."""
+        parts = [(row, None, 0) for row in image_rows]  # (vision row, the row's slots in this segment, video part)
+        if self.geometry.frames:
+            content, parts = self.video_content(content, vision, image_rows)
         ids = self.prompt_ids(content)
         slots = np.flatnonzero(ids == self.llm.image_token_id).tolist()
         segments, cursor, position = [], 0, 0
-        for slot, row in zip(slots, image_rows):
+        for slot, (row, take, part) in zip(slots, parts):
             text = ids[cursor:slot]
             segments.append(Segment(self.model.text_positions(position, len(text)), token_ids=text))
             position += len(text)
             valid = int(vision[NUM_VALID][row]) if NUM_VALID in vision else vision[IMAGE_EMBEDS].shape[1]
-            embeds = vision[IMAGE_EMBEDS][row, :valid]
+            take = slice(valid) if take is None else take
+            embeds, token_index = vision[IMAGE_EMBEDS][row, take], vision[TOKEN_INDEX][row, take]
             if self.newline is not None:
                 embeds = self.model.hf_layout(embeds, tuple(vision[IMAGE_SIZES][row]), self.geometry, self.newline)
                 positions, position = np.arange(position, position + len(embeds)), position + len(embeds)
+            elif self.geometry.frames:
+                positions, position = self.model.video_positions(position, token_index, self.geometry,
+                                                                 self.position_ids, vision[VIDEO_CLIPS][row],
+                                                                 self.config, part)
             else:
-                positions, position = self.model.image_positions(position, vision[TOKEN_INDEX][row, :valid],
-                                                                 self.geometry, self.position_ids)
-            deepstack = vision[DEEPSTACK_EMBEDS][row, :, :valid] if DEEPSTACK_EMBEDS in vision else None
+                positions, position = self.model.image_positions(position, token_index, self.geometry,
+                                                                 self.position_ids)
+            deepstack = vision[DEEPSTACK_EMBEDS][row][:, take] if DEEPSTACK_EMBEDS in vision else None
             segments.append(Segment(positions, embeds=embeds, deepstack=deepstack))
             cursor = slot + 1
         text = ids[cursor:]
         segments.append(Segment(self.model.text_positions(position, len(text)), token_ids=text))
         return segments
+
+    def video_content(self, content: str, vision: dict[str, np.ndarray],
+                      rows: range) -> tuple[str, list[tuple[int, np.ndarray, int]]]:
+        """`content` with each video placeholder replaced by the model's video layout (video_prompt: one image
+        placeholder per part), and for each of those placeholders its video's row, slots and part."""
+        pieces = content.split(self.model.video_token)
+        text, parts = pieces[0], []
+        for row, piece in zip(rows, pieces[1:]):
+            text += self.model.video_prompt(vision[VIDEO_CLIPS][row], self.geometry) + piece
+            split = self.model.video_parts(vision[TOKEN_INDEX][row], self.geometry)
+            parts += [(row, take, part) for part, take in enumerate(split)]
+        return text, parts
 
 
 def hf_layout_newline(folder: Path, record: ExportRecord, layout: str) -> np.ndarray | None:

@@ -152,6 +152,8 @@ def profile_export(folder: Path, runs: int = 10, warmup: int = 2, duration_s: fl
         before = cpu_times()
         record = pipe.record
         image = (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8)
+        if pipe.geometry.frames:  # a video export: a still scene of the export's frames
+            image = [image] * pipe.geometry.frames
         stages: dict[str, list[float]] = {"preprocess": timed(lambda: pipe.preprocess([image]), warmup, runs,
                                                               duration_s)}
         feeds = {PIXEL_VALUES: pipe.preprocess([image])}
@@ -163,7 +165,7 @@ def profile_export(folder: Path, runs: int = 10, warmup: int = 2, duration_s: fl
         stages["vision_graph"] = timed(lambda: pipe.backend.run("vision", feeds), warmup, runs, duration_s)
         stages["pruning_stage"] = pruning_stage_times(pipe, feeds, warmup, runs, duration_s)
         vision = pipe.encode_images([image], [QUESTION])
-        segments = pipe.segments(pipe.model.image_token + pipe.model.image_separator + QUESTION, vision, range(1))
+        segments = pipe.segments(pipe.placeholder + pipe.model.image_separator + QUESTION, vision, range(1))
         stages["prefill"] = timed(lambda: pipe.llm.generate([segments], 1), warmup, runs, duration_s)
         decode = [pipe.llm.generate([segments], new_tokens) for _ in range(max(1, min(runs, 5)))]
         stages["decode_per_token"] = [1.0 / d.decode_tokens_per_s for d in decode if d.decode_tokens_per_s]

@@ -6,7 +6,9 @@ of each 2x2 unit, concatenated) and the attention each merged token receives in 
 
 How HF's dynamic pieces become static (HF: transformers Qwen2_5_VisionTransformerPretrainedModel.forward):
 * Patchify: the processor duplicates the still frame along T and flattens (C, T, 14, 14) patches; here the
-  frame is stacked twice and HF's Conv3d (kernel = stride = (T, 14, 14)) runs over the whole image.
+  frame is stacked twice and HF's Conv3d (kernel = stride = (T, 14, 14)) runs over the whole image. A video
+  (--frames) comes in as temporal patches of two frames each (models/layout.py TemporalGroups), one per batch
+  row: HF attends within each temporal patch (cu_seqlens and windows per grid_t), so each is one image here.
 * Window attention: HF permutes the patches into window order (windows of 4x4 merge units, row-major; units
   row-major inside a window; 2x2 patches inside a unit) and attends within each window. Here the tower works
   in a fixed slot order: every window has exactly 64 slots, with pad slots where a window sticks out of the
@@ -90,6 +92,14 @@ def window_layout(height: int, width: int, patch: int, merge: int, window_px: in
                                    for y in range(merge) for x in range(merge)]
     return WindowLayout(patch_rows, patch_cols, merge, window, tuple(slot_patch),
                         tuple(unit_of_token[t] for t in range(rows * cols)))
+
+
+def temporal_patch(pixel_values: Tensor, temporal: int) -> Tensor:
+    """The Conv3d's input (B, 3, T, H, W): a still image (B, 3, H, W) stacked T times along T, as HF's processor
+    repeats it; a video's temporal patch (B, 3, T, H, W) as it is."""
+    if pixel_values.dim() == 5:
+        return pixel_values
+    return pixel_values.unsqueeze(2).expand(-1, -1, temporal, -1, -1)
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -218,9 +228,10 @@ class QwenFeatures(nn.Module):
         return self.full_mask if block.groups == 1 else self.window_mask
 
     def embed(self, pixel_values: Tensor) -> Tensor:
-        """(B, 3, H, W) -> (B, slots, C): the still frame duplicated along T as HF's processor does."""
+        """(B, 3, H, W) -> (B, slots, C): the still frame duplicated along T as HF's processor does; or (B, 3, T, H, W),
+        one temporal patch of a video (models/layout.py TemporalGroups)."""
         batch = pixel_values.shape[0]
-        frames = pixel_values.unsqueeze(2).expand(-1, -1, self.temporal, -1, -1)
+        frames = temporal_patch(pixel_values, self.temporal)
         patches = self.patch_embed(frames).reshape(batch, self.patch_embed.out_channels, -1)
         slots = patches.transpose(1, 2).index_select(1, self.slot_source)
         return slots * self.slot_valid if self.layout.has_pad else slots

@@ -19,7 +19,9 @@ become static:
   from the loaded table (position_table) and is a constant of the graph.
 * 2-D RoPE: cos/sin of every patch are constants from its (row, col), HF's [h, w, h, w] layout.
 * Attention: one image per batch row, so every block is full attention over the image's patches (HF's
-  cu_seqlens split is one chunk per image).
+  cu_seqlens split is one chunk per image). A video (--frames) comes in as temporal patches of two frames, one
+  per batch row (models/layout.py TemporalGroups): HF's cu_seqlens has one chunk per temporal patch, and its
+  position table and RoPE repeat per grid_t, so each is one image here.
 * Mergers: the main merger (LayerNorm per patch) is the projector; the DeepStack mergers (LayerNorm over the
   whole unit) project the levels (models/qwen3_vl.py level_projectors, export/graph.py LevelProjection).
 
@@ -32,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from vtp_export.contract import MethodRequirements, Signal, VisionFeatures, VisionStack
-from vtp_export.towers.qwen import ReceivedAttention, StaticBlock
+from vtp_export.towers.qwen import ReceivedAttention, StaticBlock, temporal_patch
 
 
 def unit_order(rows: int, cols: int, merge: int) -> list[int]:
@@ -94,9 +96,9 @@ class Qwen3Features(nn.Module):
 
     def embed(self, pixel_values: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, N, C) in HF's unit order, learned positions added: the still frame duplicated along
-        T as HF's processor does."""
+        T as HF's processor does; or (B, 3, T, H, W), one temporal patch of a video."""
         batch, m = pixel_values.shape[0], self.merge
-        frames = pixel_values.unsqueeze(2).expand(-1, -1, self.temporal, -1, -1)
+        frames = temporal_patch(pixel_values, self.temporal)
         patches = self.patch_embed(frames).reshape(batch, -1, self.rows // m, m, self.cols // m, m)
         units = patches.permute(0, 2, 4, 3, 5, 1).reshape(batch, self.rows * self.cols, -1)
         return units + self.position_embeds
