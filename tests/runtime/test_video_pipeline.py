@@ -20,7 +20,6 @@ from tests.towers.test_qwen_video import video_patch_rows
 from vtp_export.checkpoint.load import load_vision_stack
 from vtp_export.checkpoint.locate import read_model_config
 from vtp_export.contract import WeightsFolder
-from vtp_export.errors import PipelineError
 from vtp_export.export.graph import VisionGraph
 from vtp_export.methods import METHODS
 from vtp_export.models import MODELS
