@@ -8,11 +8,12 @@ Prints, and writes as JSON with --json:
      vision graph's latency (onnxruntime, fp32 graph: tower + method + merger) next to `none`, and the time to
      first token (prefill of a random 2-layer LLM of the model's width and vocabulary, transformers) as a ratio
      to the unpruned prompt's, against the ideal ratio of the token counts;
-  3. with --gguf: that 2-layer LLM as GGUFs (`vtp-export llm --llm-layers 2`, f16 and q4_k_m: sizes) and the
-     profile of step 2 on llama.cpp (f16; methods that keep raster order, --gguf-methods).
+  3. with --gguf: that LLM as GGUFs (`vtp-export llm --llm-layers N`: 2, or one past Qwen3-VL's DeepStack levels;
+     f16 and q4_k_m: sizes) and llama.cpp's time to first token on the chat prompt with 256 and each keep's image
+     embeddings at their original M-RoPE positions (DeepStack levels included).
 
   .venv/bin/python tools/bench_qwen.py [--model qwen3-vl] [--methods holov,dart,...] [--keeps 64,28] [--runs 5]
-      [--gguf] [--json figures.json]
+      [--gguf] [--no-profile] [--json figures.json]
 """
 
 import argparse
@@ -52,14 +53,56 @@ def export_cost(model: str, scratch: Path) -> dict:
             "fp16_fidelity": vision["precision"]["fidelity"], "stage_timings_s": record["timings"]}
 
 
-def ggufs(scratch: Path) -> dict:
-    """The export's random LLM cut to 2 layers as f16 and q4_k_m GGUFs: {quant: (path, MiB)}."""
+def ggufs(scratch: Path) -> tuple[dict, int]:
+    """The export's random LLM cut to the fewest layers llama.cpp runs it with (2; Qwen3-VL: one after its last
+    DeepStack level) as f16 and q4_k_m GGUFs: {quant: {path, mib}}, and the layer count."""
+    record = json.loads((scratch / "export" / "config.json").read_text())
+    levels = next((output["shape"][1] for output in record["graphs"]["vision"]["outputs"]
+                   if output["name"] == "deepstack_embeds"), 0)
+    layers = max(2, levels + 1)
     files = {}
-    for quant in ("q4_k_m", "f16"):  # f16 last: the file the llama.cpp profile runs stays in the folder
-        vtp_export("llm", str(scratch / "export"), "--format", "gguf", "--quant", quant, "--llm-layers", "2")
-        path = scratch / "export" / f"llm-{quant}.gguf"
+    for quant in ("q4_k_m", "f16"):  # f16 last: `vtp-export llm` keeps one GGUF in the folder, the last written
+        path = scratch / f"llm-{quant}.gguf"
+        vtp_export("llm", str(scratch / "export"), "--format", "gguf", "--quant", quant, "--llm-layers", str(layers))
+        (scratch / "export" / f"llm-{quant}.gguf").rename(path)
         files[quant] = {"path": str(path), "mib": round(path.stat().st_size / 2**20)}
-    return files
+    return files, layers
+
+
+def llama_cpp_prefill(folder: Path, gguf: str, keeps: list[int], runs: int) -> list[dict]:
+    """Time to first token of llama.cpp on the chat prompt with K image embeddings (random, at the original M-RoPE
+    positions of K raster-ordered merged tokens, DeepStack levels included) for each K: median of `runs`."""
+    import numpy as np
+
+    from vtp_export.models import MODELS
+    from vtp_export.records.export import read_export
+    from vtp_export.runtime.llm.llama_cpp import LlamaCppLanguageModel
+    from vtp_export.runtime.llm.protocol import Segment
+
+    record = read_export(folder)
+    model, geometry = MODELS.get(record.model.name), record.model.geometry
+    rng = np.random.default_rng(0)
+    rows = []
+    with LlamaCppLanguageModel.from_gguf(gguf) as llm:
+        before, after = (np.array(llm.tokenize(text, add_bos=False)) for text in
+                         model.prompt(model.image_pad_token + "What is in the picture?", None).split(
+                             model.image_pad_token))
+        for keep in keeps:
+            token_index = np.sort(rng.choice(geometry.num_patches, keep, replace=False)) + 1
+            positions, resume = model.image_positions(len(before), token_index, geometry, "original")
+            embeds = (rng.standard_normal((keep, llm.hidden_size)) * 0.02).astype(np.float32)
+            levels = np.zeros((llm.deepstack_levels, keep, llm.hidden_size), np.float32) \
+                if llm.deepstack_levels else None
+            segments = [Segment(model.text_positions(0, len(before)), token_ids=before),
+                        Segment(positions, embeds=embeds, deepstack=levels),
+                        Segment(model.text_positions(resume, len(after)), token_ids=after)]
+            times = sorted(llm.generate([segments], 1).time_to_first_token_s for _ in range(runs))
+            rows.append({"visual_tokens": keep, "prompt_tokens": len(before) + keep + len(after),
+                         "prefill_ms": round(1000 * times[len(times) // 2], 1)})
+    for row in rows:
+        row["ttft_ratio"] = round(row["prefill_ms"] / rows[0]["prefill_ms"], 3)
+        row["ideal_ratio"] = round(row["prompt_tokens"] / rows[0]["prompt_tokens"], 3)
+    return rows
 
 
 def profile(model: str, methods: str, keeps: str, runs: int, out: Path, *llm: str) -> tuple[list[dict], dict]:
@@ -87,8 +130,8 @@ def main() -> int:
     parser.add_argument("--methods", default="holov,dart,divprune,vispruner,uniform")
     parser.add_argument("--keeps", default="64,28", help="25%% and 11%% of the 256 merged tokens by default")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--gguf", action="store_true", help="also the GGUF sizes and the profile on llama.cpp")
-    parser.add_argument("--gguf-methods", default="dart,divprune,uniform")
+    parser.add_argument("--gguf", action="store_true", help="also the GGUF sizes and llama.cpp's prefill by keep")
+    parser.add_argument("--no-profile", action="store_true", help="leave out step 2 (the profile sweep)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     figures = {"model": args.model,
@@ -100,19 +143,22 @@ def main() -> int:
         print(f"export: {cost['wall_s']} s, peak RSS {cost['peak_rss_mib']} MiB = {cost['peak_over_weights']}x the "
               f"fp32 weights ({cost['weights_fp32_mib']} MiB); {cost['nodes']} nodes, {cost['tensorrt_layers']} "
               "TensorRT layers", flush=True)
-        figures["profile"], figures["device"] = profile(args.model, args.methods, args.keeps, args.runs,
-                                                        scratch / "profile")
-        print("transformers LLM (2 layers, fp32):")
-        print_rows(figures["profile"])
+        if not args.no_profile:
+            figures["profile"], figures["device"] = profile(args.model, args.methods, args.keeps, args.runs,
+                                                            scratch / "profile")
+            print("transformers LLM (2 layers, fp32):")
+            print_rows(figures["profile"])
         if args.gguf:
-            files = ggufs(scratch)
+            files, layers = ggufs(scratch)
             figures["gguf_mib"] = {quant: entry["mib"] for quant, entry in files.items()}
-            print(f"GGUF (2 layers): {', '.join(f'{q} {mib} MiB' for q, mib in figures['gguf_mib'].items())}")
-            figures["profile_llama_cpp"], _ = profile(args.model, args.gguf_methods, args.keeps, args.runs,
-                                                      scratch / "profile-llama-cpp", "--llm-backend", "llama.cpp",
-                                                      "--llm", files["f16"]["path"])
-            print("llama.cpp LLM (2 layers, f16):")
-            print_rows(figures["profile_llama_cpp"])
+            print(f"GGUF ({layers} layers): {', '.join(f'{q} {mib} MiB' for q, mib in figures['gguf_mib'].items())}")
+            keeps = [UNPRUNED, *(int(k) for k in args.keeps.split(","))]
+            figures["llama_cpp_prefill"] = {quant: llama_cpp_prefill(scratch / "export", entry["path"], keeps,
+                                                                     args.runs) for quant, entry in files.items()}
+            for quant, rows in figures["llama_cpp_prefill"].items():
+                print(f"llama.cpp {quant} prefill ({layers} layers): " + ", ".join(
+                    f"{r['visual_tokens']} tokens {r['prefill_ms']} ms (x{r['ttft_ratio']}, ideal x{r['ideal_ratio']})"
+                    for r in rows), flush=True)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

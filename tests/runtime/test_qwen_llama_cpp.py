@@ -11,6 +11,8 @@ import pytest
 
 from tests.llm_files import assert_transformers_choices
 from tests.runtime.hf_reference import exports_on_demand
+from tests.runtime.test_video_pipeline import KEEP as VIDEO_KEEP
+from tests.runtime.test_video_pipeline import QWEN3, QWEN25, setup, write_video
 from tests.runtime.torch_free import answer_without_torch
 from vtp_export.errors import PipelineError
 from vtp_export.runtime import Pipeline
@@ -163,3 +165,26 @@ def test_qwen3_vl_runs_without_torch(exports, tmp_path):
     assert result.stderr == ""
     with Pipeline.from_dir(folder, llm_backend="llama.cpp", backend="onnxruntime") as pipe:
         assert result.stdout.strip() == str(pipe.answer(QUESTION, [picture()], max_new_tokens=NEW_TOKENS).token_ids)
+
+
+@pytest.mark.parametrize("model", ["qwen2.5-vl", "qwen3-vl"])
+def test_a_video_answers_as_on_the_transformers_backend(model, qwen_checkpoint, qwen3_checkpoint, cached_export,
+                                                        tmp_path):
+    """Video on llama.cpp (issue 22): a 4-frame clip pruned by evs (two temporal groups, each at its own t, raster
+    order within; Qwen3-VL's per-group timestamped spans with their DeepStack levels) gives the transformers
+    backend's greedy ids."""
+    checkpoint = {"qwen2.5-vl": qwen_checkpoint, "qwen3-vl": qwen3_checkpoint}[model]
+    options = setup(QWEN25 if model == "qwen2.5-vl" else QWEN3, checkpoint)[2]
+    source = cached_export(model, "evs", VIDEO_KEEP["evs"], "cpu", weights=checkpoint, verify_samples=1,
+                           model_options=options)
+    folder = tmp_path / "export"
+    shutil.copytree(source, folder)
+    folder.chmod(0o755)
+    export_llm(folder, "f32")
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, 1)
+    with llama_cpp_norms(Pipeline.from_dir(folder, backend="onnxruntime")) as reference, \
+            Pipeline.from_dir(folder, backend="onnxruntime", llm_backend="llama.cpp") as pipe:
+        expected = reference.answer(QUESTION, [clip], max_new_tokens=NEW_TOKENS)
+        answer = pipe.answer(QUESTION, [clip], max_new_tokens=NEW_TOKENS)
+    assert (answer.token_ids, answer.image_tokens) == (expected.token_ids, expected.image_tokens)
