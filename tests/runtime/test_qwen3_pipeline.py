@@ -140,7 +140,7 @@ def test_random_llm_is_qwen3_text_model_with_deepstack():
     tiny = MODELS.get("qwen3-vl-tiny")
     config = tiny.default_config()
     llm = TransformersLanguageModel.random(tiny, config, seed=0)
-    assert isinstance(llm.decoder, Qwen3VLTextModel) and llm.num_layers == 2
+    assert isinstance(llm.decoder, Qwen3VLTextModel) and llm.num_layers == 3
     rng = np.random.default_rng(0)
     embeds = rng.standard_normal((4, 64)).astype(np.float32)
     levels = 3 * rng.standard_normal((2, 4, 64)).astype(np.float32)
