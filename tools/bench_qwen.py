@@ -20,6 +20,7 @@ import argparse
 import json
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,7 +65,7 @@ def ggufs(scratch: Path) -> tuple[dict, int]:
     for quant in ("q4_k_m", "f16"):  # f16 last: `vtp-export llm` keeps one GGUF in the folder, the last written
         path = scratch / f"llm-{quant}.gguf"
         vtp_export("llm", str(scratch / "export"), "--format", "gguf", "--quant", quant, "--llm-layers", str(layers))
-        (scratch / "export" / f"llm-{quant}.gguf").rename(path)
+        shutil.copyfile(scratch / "export" / f"llm-{quant}.gguf", path)  # the next conversion replaces it there
         files[quant] = {"path": str(path), "mib": round(path.stat().st_size / 2**20)}
     return files, layers
 
