@@ -94,3 +94,10 @@ def test_image_data_that_does_not_fit_is_refused_before_the_engine(change, messa
     with pytest.raises(ValueError, match=message) as error:
         check_image_data(data, 2, 8)
     assert "\n" not in str(error.value)
+
+
+def test_qwen3_rows_carry_their_deepstack_levels():
+    """Qwen3-VL's rows are the embedding and its levels side by side; rows without the levels are refused."""
+    check_image_data(qwen_data(width=24), 2, 8, levels=2)
+    with pytest.raises(ValueError, match="8 wide, the LLM takes 24 \\(8 and 2 DeepStack levels of 8\\)"):
+        check_image_data(qwen_data(), 2, 8, levels=2)

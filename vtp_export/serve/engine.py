@@ -122,7 +122,8 @@ def engine_input(model: VisionLanguageModel, segments: list[Segment], vision: di
                  rows: range, image_token_id: int, grid_thw: tuple[int, int, int] | None) -> EngineInput:
     """The Pipeline's segments of one prompt as a vLLM prompt. Stock LLaVA models take a (K, D) tensor per image
     and expand its placeholder to K tokens; the Qwen plugin takes the embeddings with each image's grid (grid_thw:
-    the unpruned image's patch grid) and token_index (serve/vllm_plugin.py), and places the kept tokens by them."""
+    the unpruned image's patch grid) and token_index (serve/vllm_plugin.py), and places the kept tokens by them.
+    A DeepStack model's (Qwen3-VL) rows are (K, D * (1 + L)): each token's embedding, then its L levels."""
     import torch
 
     ids: list[int] = []
@@ -132,7 +133,10 @@ def engine_input(model: VisionLanguageModel, segments: list[Segment], vision: di
             ids += segment.token_ids.tolist()
         else:
             ids.append(image_token_id)
-            embeds.append(torch.from_numpy(np.ascontiguousarray(segment.embeds, dtype=np.float32)))
+            rows = segment.embeds
+            if segment.deepstack is not None:
+                rows = np.concatenate([segment.embeds, *segment.deepstack], axis=-1)
+            embeds.append(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)))
     image_tokens = [len(e) for e in embeds]
     prompt_tokens = len(ids) - len(embeds) + sum(image_tokens)
     if not embeds:

@@ -1,12 +1,16 @@
-"""Qwen2.5-VL on vLLM with pruned image embeddings (vtp-export's vLLM plugin: serve/vllm_plugin.py registers it).
+"""Qwen2.5-VL and Qwen3-VL on vLLM with pruned image embeddings (vtp-export's vLLM plugin: serve/vllm_plugin.py
+registers them).
 
 Stock vLLM sizes an image's placeholder run by its grid (h * w / 4 tokens) and lays the tokens on that dense grid
-for M-RoPE; a pruned image has K tokens of that grid. This model, on vLLM's own Qwen2.5-VL classes:
-- takes image data of image_embeds, image_grid_thw and image_token_index only (vllm_plugin.py checks them before the
-  engine sees them), and expands each image's placeholder to its K tokens;
-- gives kept token r (token_index r + 1) of an h x w merged grid the position (s, s + r // w, s + r % w) and resumes
+for M-RoPE; a pruned image has K tokens of that grid. These models, on vLLM's own Qwen classes:
+- take image data of image_embeds, image_grid_thw and image_token_index only (vllm_plugin.py checks them before the
+  engine sees them), and expand each image's placeholder to its K tokens;
+- give kept token r (token_index r + 1) of an h x w merged grid the position (s, s + r // w, s + r % w) and resume
   the text at s + max(h, w), as HF's get_rope_index of the unpruned prompt gathered at the kept tokens
-  (models/qwen2_5_vl.py original_image_positions, the transformers backend's positions).
+  (models/qwen2_5_vl.py original_image_positions, the transformers backend's positions);
+- Qwen3-VL: each embedding row carries its DeepStack levels after it (vLLM's layout), which vLLM's Qwen3-VL splits
+  off and adds after decoder layer i at the image tokens. vLLM turns DeepStack off where the vision tower is not
+  built (no image limit: embeddings only), so this model turns it back on, with its buffers.
 Serving venv only: this module imports vLLM."""
 
 from collections.abc import Mapping, Sequence
@@ -19,6 +23,9 @@ from vllm.model_executor.models.qwen2_5_vl import (
     Qwen2_5_VLProcessingInfo,
 )
 from vllm.model_executor.models.qwen2_vl import Qwen2VLMultiModalDataParser
+from vllm.model_executor.models.qwen3_vl import (
+    Qwen3VLDummyInputsBuilder, Qwen3VLForConditionalGeneration, Qwen3VLMultiModalProcessor, Qwen3VLProcessingInfo,
+)
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import DictEmbeddingItems
@@ -35,26 +42,39 @@ def pruned_fields(data: Mapping[str, torch.Tensor]) -> dict[str, MultiModalField
             IMAGE_TOKEN_INDEX: MultiModalFieldConfig.batched("image", keep_on_cpu=True)}
 
 
+def deepstack_levels(config: Any) -> int:
+    return len(getattr(config.vision_config, "deepstack_visual_indexes", None) or ())
+
+
 class PrunedDataParser(Qwen2VLMultiModalDataParser):
     embedding_fields = {"image": {IMAGE_EMBEDS: "values", IMAGE_GRID_THW: "metadata", IMAGE_TOKEN_INDEX: "metadata"}}
 
+    def __init__(self, spatial_merge_size: int, levels: int, **kwargs: Any) -> None:
+        super().__init__(spatial_merge_size, **kwargs)
+        self.levels = levels
+
     def _parse_image_data(self, data):
-        check_image_data(data, self._spatial_merge_size, self.expected_hidden_size)
+        check_image_data(data, self._spatial_merge_size, self.expected_hidden_size, self.levels)
         required, optional = self.embedding_field_sets("image")
         return DictEmbeddingItems(data, modality="image", required_fields=required, optional_fields=optional,
                                   fields_factory=pruned_fields)
 
     def _parse_video_data(self, data):
-        raise ValueError("this Qwen2.5-VL serves pruned image embeddings; it takes no video")
+        raise ValueError("this model serves pruned image embeddings; it takes no video")
 
 
-class PrunedProcessingInfo(Qwen2_5_VLProcessingInfo):
+class PrunedProcessingInfo:
+    """Mixed into vLLM's Qwen processing info: the data parser of pruned image data."""
+
     def get_data_parser(self):
-        return PrunedDataParser(self.get_hf_config().vision_config.spatial_merge_size,
+        config = self.get_hf_config()
+        return PrunedDataParser(config.vision_config.spatial_merge_size, deepstack_levels(config),
                                 expected_hidden_size=self._get_expected_hidden_size())
 
 
-class PrunedProcessor(Qwen2_5_VLMultiModalProcessor):
+class PrunedProcessor:
+    """Mixed into vLLM's Qwen multimodal processor: the pruned fields, K placeholders per image."""
+
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:
         return pruned_fields(hf_inputs)
 
@@ -67,9 +87,9 @@ class PrunedProcessor(Qwen2_5_VLMultiModalProcessor):
         return [PromptReplacement(modality="image", target=[image_token_id], replacement=kept_tokens)]
 
 
-@MULTIMODAL_REGISTRY.register_processor(PrunedProcessor, info=PrunedProcessingInfo,
-                                        dummy_inputs=Qwen2_5_VLDummyInputsBuilder)
-class VtpQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
+class PrunedImages:
+    """Mixed into vLLM's Qwen model: the image embeddings as given, the kept tokens at their original positions."""
+
     def embed_multimodal(self, **kwargs: object) -> tuple[torch.Tensor, ...]:
         embeds, kept = kwargs.get(IMAGE_EMBEDS), kwargs.get(IMAGE_TOKEN_INDEX)
         if embeds is None:
@@ -93,3 +113,39 @@ class VtpQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         pieces.append(np.broadcast_to(np.arange(position, position + text), (3, text)))
         positions = np.concatenate(pieces, axis=1).astype(np.int64)
         return torch.from_numpy(positions), int(positions.max()) + 1 - len(input_tokens)
+
+
+class PrunedQwen2_5_VLProcessingInfo(PrunedProcessingInfo, Qwen2_5_VLProcessingInfo):
+    pass
+
+
+class PrunedQwen2_5_VLProcessor(PrunedProcessor, Qwen2_5_VLMultiModalProcessor):
+    pass
+
+
+@MULTIMODAL_REGISTRY.register_processor(PrunedQwen2_5_VLProcessor, info=PrunedQwen2_5_VLProcessingInfo,
+                                        dummy_inputs=Qwen2_5_VLDummyInputsBuilder)
+class VtpQwen2_5_VLForConditionalGeneration(PrunedImages, Qwen2_5_VLForConditionalGeneration):
+    pass
+
+
+class PrunedQwen3VLProcessingInfo(PrunedProcessingInfo, Qwen3VLProcessingInfo):
+    pass
+
+
+class PrunedQwen3VLProcessor(PrunedProcessor, Qwen3VLMultiModalProcessor):
+    pass
+
+
+@MULTIMODAL_REGISTRY.register_processor(PrunedQwen3VLProcessor, info=PrunedQwen3VLProcessingInfo,
+                                        dummy_inputs=Qwen3VLDummyInputsBuilder)
+class VtpQwen3VLForConditionalGeneration(PrunedImages, Qwen3VLForConditionalGeneration):
+    def __init__(self, *, vllm_config: Any, prefix: str = "model") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        levels, hidden = deepstack_levels(self.config), self.config.text_config.hidden_size
+        self.use_deepstack, self.deepstack_num_level = levels > 0, levels
+        self.visual_dim, self.multiscale_dim = hidden, hidden * levels
+        # vLLM's Qwen3-VL buffers, as it allocates them with its tower (under vLLM's default device and dtype)
+        tokens = vllm_config.scheduler_config.max_num_batched_tokens
+        self.deepstack_input_embeds = [torch.zeros(tokens, hidden) for _ in range(levels)]
+        self.deepstack_input_embeds_num_tokens = 0

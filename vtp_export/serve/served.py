@@ -6,10 +6,13 @@ from typing import Any
 
 from vtp_export.contract import Geometry
 from vtp_export.errors import UsageError
+from vtp_export.models.qwen3_vl import PROCESSOR_MEAN as QWEN3_MEAN
+from vtp_export.models.qwen3_vl import PROCESSOR_STD as QWEN3_STD
 
-# The Qwen2.5-VL model of vtp-export's vLLM plugin (serve/vllm_plugin.py): kept tokens at their original M-RoPE
-# positions from token_index, K placeholders per image.
+# The Qwen models of vtp-export's vLLM plugin (serve/vllm_plugin.py): kept tokens at their original M-RoPE positions
+# from token_index, K placeholders per image; Qwen3-VL's image embeddings carry their DeepStack levels.
 QWEN2_5_VL_PLUGIN = "VtpQwen2_5_VLForConditionalGeneration"
+QWEN3_VL_PLUGIN = "VtpQwen3VLForConditionalGeneration"
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
@@ -40,16 +43,24 @@ class ServedModel:
         image = {"image_processor_type": "Qwen2VLImageProcessor", "patch_size": vision.patch_size,
                  "temporal_patch_size": vision.temporal_patch_size, "merge_size": vision.spatial_merge_size,
                  "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "min_pixels": 3136, "max_pixels": 12845056}
-        video = image | {"video_processor_type": "Qwen2VLVideoProcessor"}
+        video, processor = image | {"video_processor_type": "Qwen2VLVideoProcessor"}, "Qwen2_5_VLProcessor"
+        if self.model_type == "qwen3_vl":  # as the Qwen3-VL checkpoints' preprocessor files
+            del image["min_pixels"], image["max_pixels"]
+            image |= {"image_mean": list(QWEN3_MEAN), "image_std": list(QWEN3_STD),
+                      "size": {"shortest_edge": 65536, "longest_edge": 16777216}}
+            video = image | {"video_processor_type": "Qwen3VLVideoProcessor",
+                             "size": {"shortest_edge": 4096, "longest_edge": 25165824}}
+            processor = "Qwen3VLProcessor"
         del video["image_processor_type"]
         return {"preprocessor_config.json": image, "video_preprocessor_config.json": video,
-                "processor_config.json": {"processor_class": "Qwen2_5_VLProcessor"}}
+                "processor_config.json": {"processor_class": processor}}
 
 
 SERVED_MODELS = {served.model_type: served for served in (
     ServedModel("llava", "LlavaForConditionalGeneration", plugin=False),
     ServedModel("llava_next", "LlavaNextForConditionalGeneration", plugin=False),
     ServedModel("qwen2_5_vl", QWEN2_5_VL_PLUGIN, plugin=True),
+    ServedModel("qwen3_vl", QWEN3_VL_PLUGIN, plugin=True),
 )}
 
 
