@@ -133,10 +133,10 @@ def engine_input(model: VisionLanguageModel, segments: list[Segment], vision: di
             ids += segment.token_ids.tolist()
         else:
             ids.append(image_token_id)
-            rows = segment.embeds
+            image = segment.embeds
             if segment.deepstack is not None:
-                rows = np.concatenate([segment.embeds, *segment.deepstack], axis=-1)
-            embeds.append(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)))
+                image = np.concatenate([segment.embeds, *segment.deepstack], axis=-1)
+            embeds.append(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)))
     image_tokens = [len(e) for e in embeds]
     prompt_tokens = len(ids) - len(embeds) + sum(image_tokens)
     if not embeds:
