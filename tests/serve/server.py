@@ -56,6 +56,20 @@ def chat(images: list[str], text: str, max_tokens: int = 8, **extra) -> dict:
             "temperature": 0, "return_token_ids": True, **extra}
 
 
+def served_ids(server: "ServeProcess", cases: list[tuple[int, ...]], question: str,
+               new_tokens: int) -> list[list[int]]:
+    """The server's greedy ids for each case (the seeds of its pictures), every reply checked to be a 200."""
+    replies = [server.post(chat([data_url(picture(seed)) for seed in seeds], question, new_tokens)) for seeds in cases]
+    assert [reply.status for reply in replies] == [200] * len(cases), [reply.text for reply in replies]
+    return [reply.body["choices"][0]["token_ids"] for reply in replies]
+
+
+def pipeline_ids(pipe, cases: list[tuple[int, ...]], question: str, new_tokens: int) -> list[list[int]]:
+    """The Pipeline's greedy ids for the same cases."""
+    return [pipe.answer(question, [picture(seed) for seed in seeds], max_new_tokens=new_tokens).token_ids
+            for seeds in cases]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

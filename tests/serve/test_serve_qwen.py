@@ -5,7 +5,7 @@ two; and they are not the answers of the pruned tokens numbered on as text."""
 
 import pytest
 
-from tests.serve.server import ServeProcess, chat, data_url, picture, requires_serve_venv
+from tests.serve.server import ServeProcess, pipeline_ids, requires_serve_venv, served_ids
 from vtp_export.records.export import read_export
 from vtp_export.runtime import Pipeline
 from vtp_export.serve.served import QWEN2_5_VL_PLUGIN
@@ -34,14 +34,11 @@ def server(folder, tmp_path_factory):
 @pytest.fixture(scope="module")
 def answers(server, folder):
     """Per case: the server's ids, and the transformers backend's with original and with sequential positions."""
-    replies = [server.post(chat([data_url(picture(seed)) for seed in seeds], QUESTION, NEW_TOKENS)) for seeds in CASES]
-    assert [reply.status for reply in replies] == [200] * len(CASES), [reply.text for reply in replies]
-    served = [reply.body["choices"][0]["token_ids"] for reply in replies]
+    served = served_ids(server, CASES, QUESTION, NEW_TOKENS)
     references = {}
     for policy in ("original", "sequential"):
         with Pipeline.from_dir(folder, position_ids=policy) as pipe:
-            references[policy] = [pipe.answer(QUESTION, [picture(seed) for seed in seeds],
-                                              max_new_tokens=NEW_TOKENS).token_ids for seeds in CASES]
+            references[policy] = pipeline_ids(pipe, CASES, QUESTION, NEW_TOKENS)
     return served, references
 
 

@@ -6,7 +6,7 @@ checkpoint's DeepStack mergers are loud enough for the levels to decide the answ
 
 import pytest
 
-from tests.serve.server import ServeProcess, chat, data_url, picture, requires_serve_venv
+from tests.serve.server import ServeProcess, picture, pipeline_ids, requires_serve_venv, served_ids
 from vtp_export.records.export import read_export
 from vtp_export.runtime import Pipeline
 from vtp_export.runtime.llm.protocol import Segment
@@ -37,14 +37,11 @@ def server(folder, tmp_path_factory):
 def answers(server, folder):
     """Per case: the server's ids, and the transformers backend's with original and with sequential positions, and
     with original positions but no DeepStack levels."""
-    replies = [server.post(chat([data_url(picture(seed)) for seed in seeds], QUESTION, NEW_TOKENS)) for seeds in CASES]
-    assert [reply.status for reply in replies] == [200] * len(CASES), [reply.text for reply in replies]
-    served = [reply.body["choices"][0]["token_ids"] for reply in replies]
+    served = served_ids(server, CASES, QUESTION, NEW_TOKENS)
     references = {}
     for policy in ("original", "sequential"):
         with Pipeline.from_dir(folder, position_ids=policy) as pipe:
-            references[policy] = [pipe.answer(QUESTION, [picture(seed) for seed in seeds],
-                                              max_new_tokens=NEW_TOKENS).token_ids for seeds in CASES]
+            references[policy] = pipeline_ids(pipe, CASES, QUESTION, NEW_TOKENS)
             if policy == "original":
                 references["no levels"] = [without_levels(pipe, seeds) for seeds in CASES]
     return served, references
