@@ -1,7 +1,8 @@
-"""The golden graph signatures under graphs/: which (model, method, keep) exports each one pins, and where it
+"""The golden graph signatures under graphs/: which exports of the golden tiny models each one pins, and where it
 lies. tests/test_exporter.py compares fresh exports with them; tools/update_graphs.py rewrites them."""
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vtp_export.errors import UsageError
@@ -16,28 +17,49 @@ GOLDEN_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "holov-paper": ("holov", {"variant": "paper"}),
     "trim-iqr": ("trim", {"count": "iqr"}),
 }
+# Models with --frames also pin video graphs of GOLDEN_FRAMES frames: unpruned, one spatial method (its keep
+# spread over the temporal groups) and each temporal method (the first group whole plus the model's keep).
+GOLDEN_FRAMES = 4
+GOLDEN_VIDEO_METHODS = ("none", "divprune")
 
 
-def golden_exports(model: str) -> dict[str, tuple[str, dict[str, str], int | None]]:
-    """Golden name -> (method, method options, keep) of every method and variant the model supports."""
+@dataclass(frozen=True)
+class GoldenExport:
+    method: str
+    keep: int | None
+    method_options: dict[str, str] = field(default_factory=dict)
+    model_options: dict[str, str] = field(default_factory=dict)
+
+
+def golden_exports(model: str) -> dict[str, GoldenExport]:
+    """Golden name -> export of every method and variant the model supports (and its video graphs)."""
     adapter = MODELS.get(model)
-    geometry = adapter.geometry(adapter.default_config(), adapter.resolved_options({}))
-    candidates = {name: (name, {}) for name in METHODS.names()} | GOLDEN_VARIANTS
+    candidates = {name: GoldenExport(name, None if name == "none" else GOLDEN_KEEPS[model])
+                  for name in METHODS.names()}
+    candidates |= {name: GoldenExport(method, GOLDEN_KEEPS[model], options)
+                   for name, (method, options) in GOLDEN_VARIANTS.items()}
+    if any(option.name == "frames" for option in adapter.options):
+        video = {"frames": str(GOLDEN_FRAMES)}
+        group_tokens = adapter.geometry(adapter.default_config(), adapter.resolved_options(video)).num_patches
+        candidates |= {f"video-{name}": GoldenExport(name, None if name == "none" else GOLDEN_KEEPS[model],
+                                                     model_options=video) for name in GOLDEN_VIDEO_METHODS}
+        candidates |= {f"video-{name}": GoldenExport(name, group_tokens + GOLDEN_KEEPS[model], model_options=video)
+                       for name in METHODS.names() if METHODS.get(name).temporal}
     golden = {}
-    for name, (method, options) in candidates.items():
-        keep = None if method == "none" else GOLDEN_KEEPS[model]
+    for name, spec in candidates.items():
+        geometry = adapter.geometry(adapter.default_config(), adapter.resolved_options(spec.model_options))
         try:
-            method_class = METHODS.get(method).for_signals(adapter.signals)
+            method_class = METHODS.get(spec.method).for_signals(adapter.signals)
             adapter.check_method(method_class)
-            method_class.create(geometry, keep, options)
-        except UsageError:  # the model refuses the method or this variant of it
+            method_class.create(geometry, spec.keep, spec.method_options)
+        except UsageError:  # the model refuses the method, this variant of it, or a still image for it
             continue
-        golden[name] = (method, options, keep)
+        golden[name] = spec
     return golden
 
 
-def golden_path(model: str, method: str, keep: int) -> Path:
-    return GRAPHS_DIR / model / f"{method}-k{keep}.json"
+def golden_path(model: str, name: str, keep: int) -> Path:
+    return GRAPHS_DIR / model / f"{name}-k{keep}.json"
 
 
 def golden_text_path(model: str) -> Path:

@@ -36,10 +36,10 @@ TINY_GOLDEN = {name: spec for (model, name), spec in GOLDEN.items() if model == 
 @pytest.fixture(scope="module", params=list(TINY_GOLDEN), ids=lambda name: f"{name}-{TINY}-orin-build")
 def orin_export(request, tmp_path_factory):
     name = request.param
-    method, options, keep = TINY_GOLDEN[name]
+    spec = TINY_GOLDEN[name]
     out = tmp_path_factory.mktemp("exports") / name
-    export(ExportRequest(model=TINY, method=method, keep=keep, target="orin", out=out, method_options=options,
-                         tensorrt_check="build"))
+    export(ExportRequest(model=TINY, method=spec.method, keep=spec.keep, target="orin", out=out,
+                         method_options=spec.method_options, tensorrt_check="build"))
     return name, out
 
 
@@ -48,13 +48,14 @@ def cpu_export(request, cached_export):
     """The fp32 graph of each golden export (what the golden signatures pin), from the session's cache: the
     runtime, records, profiling and llama.cpp tests read the same folders."""
     model, name = request.param
-    method, options, keep = GOLDEN[request.param]
-    return model, name, cached_export(model, method, keep, "cpu", method_options=options, verify_samples=1)
+    spec = GOLDEN[request.param]
+    return model, name, cached_export(model, spec.method, spec.keep, "cpu", method_options=spec.method_options,
+                                      model_options=spec.model_options, verify_samples=1)
 
 
 def test_signature_matches_golden(cpu_export):
     model, name, out = cpu_export
-    method = GOLDEN[(model, name)][0]
+    method = GOLDEN[(model, name)].method
     signature = graph_signature(out / VISION_ONNX)
     keep = signature["outputs"][1]["shape"][1]
     assert signature == read_signature(golden_path(model, name, keep)), (
@@ -91,7 +92,7 @@ def test_graph_is_static_and_free_of_data_dependent_ops(orin_export):
 
 def test_config_records_the_export(orin_export):
     name, out = orin_export
-    method = TINY_GOLDEN[name][0]
+    method = TINY_GOLDEN[name].method
     config = json.loads((out / CONFIG_JSON).read_text())
     assert config["producer"] == "vtp-export" and config["method"]["name"] == method
     text_conditioned = METHODS.get(method).text_conditioned

@@ -1,5 +1,6 @@
 """Regenerate the golden graph signatures under graphs/ from fresh fp32 exports of the golden tiny models
-(tests/goldens.py GOLDEN_KEEPS: llava15-tiny, llava-next-tiny, qwen2.5-vl-tiny, qwen3-vl-tiny).
+(tests/goldens.py: every method at GOLDEN_KEEPS on llava15-tiny, llava-next-tiny, qwen2.5-vl-tiny, qwen3-vl-tiny, and
+the Qwen models' video graphs).
 
 Run after an intended change to a graph:  .venv/bin/python tools/update_graphs.py
 The diff of graphs/ then shows exactly which ops and shapes changed, for review.
@@ -21,8 +22,9 @@ from vtp_export.onnx.signature import graph_signature  # noqa: E402
 def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         for model in GOLDEN_KEEPS:
-            for name, (method, options, keep) in golden_exports(model).items():
-                out = export(ExportRequest(model=model, method=method, keep=keep, target="cpu", method_options=options,
+            for name, spec in golden_exports(model).items():
+                out = export(ExportRequest(model=model, method=spec.method, keep=spec.keep, target="cpu",
+                                           method_options=spec.method_options, model_options=spec.model_options,
                                            out=Path(scratch) / model / name, verify_samples=1))
                 signature = graph_signature(out / VISION_ONNX)
                 path = golden_path(model, name, signature["outputs"][1]["shape"][1])

@@ -148,7 +148,9 @@ def write_graphs(request: ExportRequest, plan: Plan, stage: Path, progress: Prog
                                 references.exact, references.passed_over)
     load_s = round(time.perf_counter() - start, 2)
 
-    progress(f"exporting {method.name} keep={method.keep} to ONNX (opset {target.opset})")
+    crops, spread = stack.geometry.crops, method.tokens_per_image != method.keep
+    per_crop = f" ({method.keep} per {'temporal group' if stack.geometry.frames else 'crop'} x {crops})" if spread else ""
+    progress(f"exporting {method.name} keep={method.tokens_per_image}{per_crop} to ONNX (opset {target.opset})")
     start = time.perf_counter()
     primitive_layer_norm = "LayerNormalization" in target.unsupported_ops
     with torch.no_grad():
