@@ -3,6 +3,7 @@ embeddings with a KV cache, greedy or sampled, streaming tokens as they come. A 
 (Qwen3-VL: transformers Qwen3VLTextModel) gets its image tokens' levels on prefill, as visual_pos_masks and
 deepstack_visual_embeds, the inputs Qwen3VLModel.forward gives it."""
 
+import inspect
 import time
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,10 @@ class TransformersLanguageModel:
         self.hidden_size, self.vocab_size = text_config.hidden_size, text_config.vocab_size
         self.num_layers = text_config.num_hidden_layers
         self.eos_token_id = tokenizer.eos_token_id
+        # the KV cache argument: `cache` in recent transformers (5.24 warns that `past_key_values` goes in 5.40),
+        # `past_key_values` in older ones (5.19, which vLLM's serving venv pins)
+        parameters = inspect.signature(decoder.forward).parameters
+        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
 
     @classmethod
     def from_checkpoint(cls, model: VisionLanguageModel, folder: Path, geometry: Geometry, device: str = "cpu",
@@ -173,7 +178,7 @@ class TransformersLanguageModel:
         tokens: list[list[int]] = [[] for _ in range(batch)]
         start = time.perf_counter()
         hidden = self.decoder(inputs_embeds=embeds.to(self.device), attention_mask=mask, position_ids=positions,
-                              past_key_values=cache, use_cache=True, **deepstack).last_hidden_state
+                              use_cache=True, **{self.cache_argument: cache}, **deepstack).last_hidden_state
         first_token_s = decode_start = None
         for step in range(max_new_tokens):
             logits = self.head(hidden[:, -1]).float()
@@ -198,7 +203,7 @@ class TransformersLanguageModel:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             positions = positions[..., -1:] + 1
             hidden = self.decoder(inputs_embeds=self.embed(chosen[:, None]).to(self.dtype), attention_mask=mask,
-                                  position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state
+                                  position_ids=positions, use_cache=True, **{self.cache_argument: cache}).last_hidden_state
         decoded = max(len(t) for t in tokens) - 1
         elapsed = time.perf_counter() - decode_start
         return Generated(tokens, [len(e) for e, _ in sequences], first_token_s,
