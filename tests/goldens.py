@@ -27,44 +27,65 @@ GOLDEN_VIDEO_METHODS = ("none", "divprune")
 class GoldenExport:
     method: str
     keep: int | None
+    tokens: int  # the graph's image_embeds rows per input, the k of its file name
     method_options: dict[str, str] = field(default_factory=dict)
     model_options: dict[str, str] = field(default_factory=dict)
 
 
-def golden_exports(model: str) -> dict[str, GoldenExport]:
-    """Golden name -> export of every method and variant the model supports (and its video graphs)."""
+def golden_export(model: str, method: str, keep: int | None, method_options: dict[str, str] | None = None,
+                  model_options: dict[str, str] | None = None) -> GoldenExport:
+    """The export, checked as the exporter checks it: UsageError where the model or the method refuses it."""
     adapter = MODELS.get(model)
-    candidates = {name: GoldenExport(name, None if name == "none" else GOLDEN_KEEPS[model])
-                  for name in METHODS.names()}
-    candidates |= {name: GoldenExport(method, GOLDEN_KEEPS[model], options)
-                   for name, (method, options) in GOLDEN_VARIANTS.items()}
-    if any(option.name == "frames" for option in adapter.options):
+    geometry = adapter.geometry(adapter.default_config(), adapter.resolved_options(model_options or {}))
+    method_class = METHODS.get(method).for_signals(adapter.signals)
+    adapter.check_method(method_class)
+    tokens = method_class.create(geometry, keep, method_options or {}).tokens_per_image
+    return GoldenExport(method, keep, tokens, method_options or {}, model_options or {})
+
+
+def golden_exports(model: str) -> dict[str, GoldenExport]:
+    """Golden name -> export of every method and variant the model supports, and of its video graphs."""
+    keep = GOLDEN_KEEPS[model]
+    candidates = {name: (name, None if name == "none" else keep, {}) for name in METHODS.names()}
+    candidates |= {name: (method, keep, options) for name, (method, options) in GOLDEN_VARIANTS.items()}
+    golden = {}
+    for name, (method, method_keep, options) in candidates.items():
+        try:
+            golden[name] = golden_export(model, method, method_keep, options)
+        except UsageError:  # the model refuses the method or this variant of it, or it takes videos only
+            continue
+    adapter = MODELS.get(model)
+    if any(option.name == "frames" for option in adapter.options):  # no refusal expected: one would raise here
         video = {"frames": str(GOLDEN_FRAMES)}
         group_tokens = adapter.geometry(adapter.default_config(), adapter.resolved_options(video)).num_patches
-        candidates |= {f"video-{name}": GoldenExport(name, None if name == "none" else GOLDEN_KEEPS[model],
-                                                     model_options=video) for name in GOLDEN_VIDEO_METHODS}
-        candidates |= {f"video-{name}": GoldenExport(name, group_tokens + GOLDEN_KEEPS[model], model_options=video)
-                       for name in METHODS.names() if METHODS.get(name).temporal}
-    golden = {}
-    for name, spec in candidates.items():
-        geometry = adapter.geometry(adapter.default_config(), adapter.resolved_options(spec.model_options))
-        try:
-            method_class = METHODS.get(spec.method).for_signals(adapter.signals)
-            adapter.check_method(method_class)
-            method_class.create(geometry, spec.keep, spec.method_options)
-        except UsageError:  # the model refuses the method, this variant of it, or a still image for it
-            continue
-        golden[name] = spec
+        for method in GOLDEN_VIDEO_METHODS:
+            golden[f"video-{method}"] = golden_export(model, method, None if method == "none" else keep,
+                                                      model_options=video)
+        for method in (name for name in METHODS.names() if METHODS.get(name).temporal):
+            golden[f"video-{method}"] = golden_export(model, method, group_tokens + keep, model_options=video)
     return golden
 
 
-def golden_path(model: str, name: str, keep: int) -> Path:
-    return GRAPHS_DIR / model / f"{name}-k{keep}.json"
+def golden_path(model: str, name: str, tokens: int) -> Path:
+    return GRAPHS_DIR / model / f"{name}-k{tokens}.json"
 
 
 def golden_text_path(model: str) -> Path:
     """The text graph of text-conditioned methods: the same for every method and keep."""
     return GRAPHS_DIR / model / "clip-text.json"
+
+
+def golden_files() -> set[Path]:
+    """What graphs/ holds: each golden export's signature, and the text graph's where one of a model's golden
+    exports is text-conditioned."""
+    files = set()
+    for model in GOLDEN_KEEPS:
+        signals = MODELS.get(model).signals
+        for name, spec in golden_exports(model).items():
+            files.add(golden_path(model, name, spec.tokens))
+            if METHODS.get(spec.method).for_signals(signals).text_conditioned:
+                files.add(golden_text_path(model))
+    return files
 
 
 def write_signature(signature: dict, path: Path) -> None:

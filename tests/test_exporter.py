@@ -55,10 +55,11 @@ def cpu_export(request, cached_export):
 
 def test_signature_matches_golden(cpu_export):
     model, name, out = cpu_export
-    method = GOLDEN[(model, name)].method
+    spec = GOLDEN[(model, name)]
+    method = spec.method
     signature = graph_signature(out / VISION_ONNX)
-    keep = signature["outputs"][1]["shape"][1]
-    assert signature == read_signature(golden_path(model, name, keep)), (
+    assert signature["outputs"][1]["shape"][1] == spec.tokens
+    assert signature == read_signature(golden_path(model, name, spec.tokens)), (
         "graph changed: review, then run tools/update_graphs.py"
     )
     form = METHODS.get(method).for_signals(MODELS.get(model).signals)

@@ -1,6 +1,7 @@
 """Video input's bad cases, each one line and nothing half-written: an odd --frames, a keep that is not a multiple of
 the temporal groups, evs below the first group or on still images, a clip with fewer frames than the export's, an
-unreadable video, frames given as images in the wrong number; and how frames are sampled and timed."""
+unreadable video, frames given as images in the wrong number; how frames are sampled and timed; and how the export
+states a video's keep."""
 
 import av
 import numpy as np
@@ -9,6 +10,8 @@ from PIL import Image
 
 from vtp_export.cli import main
 from vtp_export.errors import PipelineError
+from vtp_export.methods import METHODS
+from vtp_export.models import MODELS
 from vtp_export.util.video import DEFAULT_FPS, load_video, sample_indices
 
 QWEN = ["--model", "qwen2.5-vl-tiny", "--target", "cpu", "--image-size", "224x336"]
@@ -81,3 +84,16 @@ def test_bad_videos_are_one_line(tmp_path):
         load_video([Image.new("RGB", (32, 32))] * 3, 4)
     with pytest.raises(PipelineError, match="the frames of a video differ in size"):
         load_video([Image.new("RGB", (32, 32))] * 3 + [Image.new("RGB", (16, 32))], 4)
+
+
+@pytest.mark.parametrize("model,options,method,keep,summary", [
+    ("qwen2.5-vl-tiny", {"frames": "4"}, "divprune", 64, "keep=64 (32 in each of the 2 temporal groups)"),
+    ("qwen2.5-vl-tiny", {"frames": "4"}, "none", None, "keep=512 (256 in each of the 2 temporal groups)"),
+    ("qwen2.5-vl-tiny", {"frames": "4"}, "evs", 320, "keep=320"),
+    ("qwen2.5-vl-tiny", {}, "divprune", 64, "keep=64"),
+    ("llava-next-tiny", {}, "divprune", 320, "keep=320 (64 in each of the 5 crops)"),
+])
+def test_the_export_states_keep_per_video_and_per_group(model, options, method, keep, summary):
+    adapter = MODELS.get(model)
+    geometry = adapter.geometry(adapter.default_config(), adapter.resolved_options(options))
+    assert METHODS.get(method).create(geometry, keep, {}).keep_summary == summary

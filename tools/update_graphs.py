@@ -12,7 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the golden table lives in tests/
 
-from tests.goldens import GOLDEN_KEEPS, golden_exports, golden_path, golden_text_path, write_signature  # noqa: E402
+from tests.goldens import (  # noqa: E402
+    GOLDEN_KEEPS, GRAPHS_DIR, golden_exports, golden_files, golden_path, golden_text_path, write_signature,
+)
 from vtp_export.export.job import export  # noqa: E402
 from vtp_export.export.plan import ExportRequest  # noqa: E402
 from vtp_export.onnx.names import TEXT_ONNX, VISION_ONNX  # noqa: E402
@@ -27,11 +29,15 @@ def main() -> int:
                                            method_options=spec.method_options, model_options=spec.model_options,
                                            out=Path(scratch) / model / name, verify_samples=1))
                 signature = graph_signature(out / VISION_ONNX)
-                path = golden_path(model, name, signature["outputs"][1]["shape"][1])
+                assert signature["outputs"][1]["shape"][1] == spec.tokens, name
+                path = golden_path(model, name, spec.tokens)
                 write_signature(signature, path)
                 print(f"wrote {path}")
                 if (out / TEXT_ONNX).exists():
                     write_signature(graph_signature(out / TEXT_ONNX), golden_text_path(model))
+    for stale in sorted(set(GRAPHS_DIR.glob("*/*.json")) - golden_files()):  # a renamed or dropped export's
+        stale.unlink()
+        print(f"removed {stale}")
     return 0
 
 

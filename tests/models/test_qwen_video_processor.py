@@ -10,6 +10,7 @@ rest: rescale, normalisation, temporal patches of two frames, merge units."""
 
 import json
 import subprocess
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -49,9 +50,17 @@ def random_clip(frames: int, seed: int) -> VideoClip:
     return VideoClip(pictures, tuple(i / 2 for i in range(frames)), 2.0)
 
 
+@dataclass
+class Pixels:
+    """One case's `pixel_values_videos` (patch rows) and `video_grid_thw`."""
+
+    rows: np.ndarray
+    grid: list[list[int]]
+
+
 @pytest.fixture(scope="module")
-def hf_and_ours(tmp_path_factory) -> list[tuple[dict, torch.Tensor, torch.Tensor]]:
-    """Per case: HF's outputs and ours (patch rows, grid)."""
+def hf_and_ours(tmp_path_factory) -> list[tuple[Pixels, Pixels]]:
+    """Per case: HF's video processor's pixels and the runtime's, patched by HF's rule."""
     folder = tmp_path_factory.mktemp("video-processors")
     cases, ours = [], []
     for i, (name, size, frames, patch) in enumerate(CASES):
@@ -63,14 +72,17 @@ def hf_and_ours(tmp_path_factory) -> list[tuple[dict, torch.Tensor, torch.Tensor
                                                     Image.Resampling.BICUBIC)) for frame in clip.frames])
         np.save(folder / f"{i}.npy", resized)
         cases.append({"model": name, "frames": str(folder / f"{i}.npy"), "hf": str(folder / f"{i}-hf.npz")})
-        ours.append(video_patch_rows(torch.from_numpy(model.preprocess_video([clip], geometry)[0]), patch))
-    subprocess.run([str(SERVE_VENV / "bin" / "python"), "-c", HF_SIDE, json.dumps(cases)], check=True, timeout=300,
-                   capture_output=True)
-    return [(dict(np.load(case["hf"])), rows, grid) for case, (rows, grid) in zip(cases, ours)]
+        rows, grid = video_patch_rows(torch.from_numpy(model.preprocess_video([clip], geometry)[0]), patch)
+        ours.append(Pixels(rows.numpy(), grid.tolist()))
+    hf_side = subprocess.run([str(SERVE_VENV / "bin" / "python"), "-c", HF_SIDE, json.dumps(cases)], timeout=300,
+                             capture_output=True, text=True)
+    assert hf_side.returncode == 0, hf_side.stderr[-4000:]
+    hf = [np.load(case["hf"]) for case in cases]
+    return [(Pixels(out["pixel_values_videos"], out["video_grid_thw"].tolist()), mine) for out, mine in zip(hf, ours)]
 
 
 @pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{m}-{s}-{f}f" for m, s, f, _ in CASES])
 def test_video_pixels_equal_hf_video_processor(hf_and_ours, case):
-    hf, rows, grid = hf_and_ours[case]
-    assert hf["video_grid_thw"].tolist() == grid.tolist()
-    np.testing.assert_allclose(rows.numpy(), hf["pixel_values_videos"], rtol=0, atol=1e-6)
+    hf, ours = hf_and_ours[case]
+    assert ours.grid == hf.grid
+    np.testing.assert_allclose(ours.rows, hf.rows, rtol=0, atol=1e-6)

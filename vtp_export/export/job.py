@@ -1,4 +1,5 @@
-"""The export job: load the weights, build the vision graph, export it to ONNX, verify it against PyTorch in onnxruntime, lower its precision, lint it and check it with TensorRT's parser, write the folder whole or not at all."""
+"""The export job: load the weights, build the vision graph, export it to ONNX, verify it against PyTorch in
+onnxruntime, lower its precision, lint it and check it with TensorRT's parser, write the folder whole or not at all."""
 
 import dataclasses
 import platform
@@ -69,7 +70,8 @@ def export(request: ExportRequest, progress: Progress = lambda _: None) -> Path:
         record, graphs = write_graphs(request, plan, stage, progress)
         # The torch weights are gone with write_graphs' frame: onnxruntime and TensorRT get that memory.
         for graph in graphs:
-            progress(f"verifying {graph.path.name} in onnxruntime against PyTorch on {len(graph.inputs)} random batches")
+            progress(f"verifying {graph.path.name} in onnxruntime against PyTorch on {len(graph.inputs)} random "
+                     "batches")
             start = time.perf_counter()
             verification = dataclasses.replace(
                 compare_with_onnxruntime(graph.path, graph.inputs, graph.expected, exact=graph.exact),
@@ -120,7 +122,8 @@ def lower_graph(request: ExportRequest, plan: Plan, graph: WrittenGraph, precisi
     return transform
 
 
-def write_graphs(request: ExportRequest, plan: Plan, stage: Path, progress: Progress) -> tuple[ExportRecord, list[WrittenGraph]]:
+def write_graphs(request: ExportRequest, plan: Plan, stage: Path,
+                 progress: Progress) -> tuple[ExportRecord, list[WrittenGraph]]:
     """Load the weights, export the graphs, and return what verification needs: the inputs and torch outputs."""
     start = time.perf_counter()
     method, target = plan.method, TARGETS.get(request.target)
@@ -148,9 +151,7 @@ def write_graphs(request: ExportRequest, plan: Plan, stage: Path, progress: Prog
                                 references.exact, references.passed_over)
     load_s = round(time.perf_counter() - start, 2)
 
-    crops, spread = stack.geometry.crops, method.tokens_per_image != method.keep
-    per_crop = f" ({method.keep} per {'temporal group' if stack.geometry.frames else 'crop'} x {crops})" if spread else ""
-    progress(f"exporting {method.name} keep={method.tokens_per_image}{per_crop} to ONNX (opset {target.opset})")
+    progress(f"exporting {method.name} {method.keep_summary} to ONNX (opset {target.opset})")
     start = time.perf_counter()
     primitive_layer_norm = "LayerNormalization" in target.unsupported_ops
     with torch.no_grad():

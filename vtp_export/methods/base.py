@@ -121,6 +121,14 @@ class PruningMethod(nn.Module):
         """K, the visual tokens the LLM receives per image: the per-crop keep over all crops."""
         return self.keep * self.geometry.crops
 
+    @property
+    def keep_summary(self) -> str:
+        """'keep=K' per image, with a per-crop method's share: 'keep=64 (32 in each of the 2 temporal groups)'."""
+        if self.keep == self.tokens_per_image:
+            return f"keep={self.keep}"
+        geometry = self.geometry
+        return f"keep={self.tokens_per_image} ({self.keep} in each of the {geometry.crops} {geometry.crop_name})"
+
     @classmethod
     def parse_options(cls, raw: dict[str, str]) -> dict[str, Any]:
         known = {o.name: o for o in cls.options}

@@ -202,8 +202,9 @@ class TransformersLanguageModel:
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             positions = positions[..., -1:] + 1
-            hidden = self.decoder(inputs_embeds=self.embed(chosen[:, None]).to(self.dtype), attention_mask=mask,
-                                  position_ids=positions, use_cache=True, **{self.cache_argument: cache}).last_hidden_state
+            step_embeds = self.embed(chosen[:, None]).to(self.dtype)
+            hidden = self.decoder(inputs_embeds=step_embeds, attention_mask=mask, position_ids=positions,
+                                  use_cache=True, **{self.cache_argument: cache}).last_hidden_state
         decoded = max(len(t) for t in tokens) - 1
         elapsed = time.perf_counter() - decode_start
         return Generated(tokens, [len(e) for e, _ in sequences], first_token_s,
