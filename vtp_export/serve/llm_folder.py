@@ -44,7 +44,7 @@ def export_vllm_llm(folder: Path, llm_folder: Path | None = None, llm_layers: in
         config = runtime_config(folder, model)
     except VtpError as error:
         raise UsageError(str(error)) from None
-    llm, _ = converted_llm(folder, model, config, llm_folder, llm_layers, dtype)
+    llm, _ = converted_llm(folder, record, config, llm_folder, llm_layers, dtype)
     tied = llm.head.weight.data_ptr() == llm.decoder.embed_tokens.weight.data_ptr()
     state = {f"model.language_model.{key}": tensor.detach().contiguous()
              for key, tensor in llm.decoder.state_dict().items()}

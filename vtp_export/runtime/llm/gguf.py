@@ -108,7 +108,7 @@ def export_llm(folder: Path, quant: str = "f16", llm_folder: Path | None = None,
     deepstack_levels = len(getattr(config.vision_config, "deepstack_visual_indexes", None) or ())
     # random weights stay float32 (the writer rounds them); a checkpoint loads in the file's precision
     random = llm_folder is None and not isinstance(record.model.weights, WeightsFolder)
-    llm, tokenizer_folder = converted_llm(folder, model, config, llm_folder, llm_layers,
+    llm, tokenizer_folder = converted_llm(folder, record, config, llm_folder, llm_layers,
                                           "float32" if quant == "f32" or random else "float16")
     written = write_gguf(llm, tokenizer_folder, folder / gguf_file_name(quant), quant, deepstack_levels)
     update_export(folder, {("llm",): written})

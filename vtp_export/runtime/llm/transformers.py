@@ -18,7 +18,7 @@ from vtp_export.contract import Geometry, WeightsFolder
 from vtp_export.errors import PipelineError, UsageError
 from vtp_export.models import MODELS
 from vtp_export.models.base import VisionLanguageModel
-from vtp_export.records.export import RUNTIME_FOLDER, read_export
+from vtp_export.records.export import RUNTIME_FOLDER, ExportRecord
 from vtp_export.runtime.llm.protocol import Generated, LlmRequest, OnToken, Segment, check_fits_memory
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -50,12 +50,13 @@ def open_llm(request: LlmRequest) -> "TransformersLanguageModel":
                                                      request.device, request.dtype)
 
 
-def converted_llm(folder: Path, model: VisionLanguageModel, config: Any, llm_folder: Path | None,
-                  llm_layers: int | None, dtype: str) -> tuple["TransformersLanguageModel", Path]:
-    """The LLM a converter (`vtp-export llm`: GGUF, vLLM) writes out of export folder `folder` in `dtype`: the
-    checkpoint's (`llm_folder`, else the export's own), or the export's seeded random weights cut to `llm_layers`;
-    and the folder holding its tokenizer. UsageError, one line, where neither is possible."""
-    record = read_export(folder)
+def converted_llm(folder: Path, record: ExportRecord, config: Any, llm_folder: Path | None, llm_layers: int | None,
+                  dtype: str) -> tuple["TransformersLanguageModel", Path]:
+    """The LLM a converter (`vtp-export llm`: GGUF, vLLM) writes out of export folder `folder` (its record, read and
+    verified by the converter) in `dtype`: the checkpoint's (`llm_folder`, else the export's own), or the export's
+    seeded random weights cut to `llm_layers`; and the folder holding its tokenizer. UsageError, one line, where
+    neither is possible."""
+    model = MODELS.get(record.model.name)
     weights = record.model.weights
     checkpoint = llm_folder or (weights.path if isinstance(weights, WeightsFolder) else None)
     if checkpoint is None:  # seeded random weights; the stand-in tokenizer the export folder carries
