@@ -39,6 +39,12 @@ DEFAULT_IMAGE_SIZE = "512x512"
 PROCESSOR_MEAN = PROCESSOR_STD = (0.5, 0.5, 0.5)  # Qwen3-VL's preprocessor_config.json
 
 
+def deepstack_level_count(config: Any) -> int:
+    """The DeepStack levels a checkpoint's vision tower feeds its LLM (one per deepstack_visual_indexes entry; 0 for
+    a model without DeepStack)."""
+    return len(getattr(config.vision_config, "deepstack_visual_indexes", None) or ())
+
+
 def vision_2b() -> dict:
     """The vision tower of Qwen3-VL-2B (4B: the same with out_hidden_size 2560; 8B: depth 27, width 1152,
     deepstack_visual_indexes [8, 16, 24], out_hidden_size 4096)."""

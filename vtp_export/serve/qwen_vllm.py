@@ -32,6 +32,7 @@ from vllm.multimodal.parse import DictEmbeddingItems
 from vllm.multimodal.processing import PromptReplacement
 
 from vtp_export.models.qwen2_5_vl import original_image_positions
+from vtp_export.models.qwen3_vl import deepstack_level_count
 from vtp_export.serve.vllm_plugin import IMAGE_EMBEDS, IMAGE_GRID_THW, IMAGE_TOKEN_INDEX, check_image_data
 
 
@@ -40,10 +41,6 @@ def pruned_fields(data: Mapping[str, torch.Tensor]) -> dict[str, MultiModalField
     return {IMAGE_EMBEDS: MultiModalFieldConfig.flat_from_sizes("image", torch.full((len(kept),), kept.shape[1])),
             IMAGE_GRID_THW: MultiModalFieldConfig.batched("image", keep_on_cpu=True),
             IMAGE_TOKEN_INDEX: MultiModalFieldConfig.batched("image", keep_on_cpu=True)}
-
-
-def deepstack_levels(config: Any) -> int:
-    return len(getattr(config.vision_config, "deepstack_visual_indexes", None) or ())
 
 
 class PrunedDataParser(Qwen2VLMultiModalDataParser):
@@ -68,7 +65,7 @@ class PrunedProcessingInfo:
 
     def get_data_parser(self):
         config = self.get_hf_config()
-        return PrunedDataParser(config.vision_config.spatial_merge_size, deepstack_levels(config),
+        return PrunedDataParser(config.vision_config.spatial_merge_size, deepstack_level_count(config),
                                 expected_hidden_size=self._get_expected_hidden_size())
 
 
@@ -142,7 +139,7 @@ class PrunedQwen3VLProcessor(PrunedProcessor, Qwen3VLMultiModalProcessor):
 class VtpQwen3VLForConditionalGeneration(PrunedImages, Qwen3VLForConditionalGeneration):
     def __init__(self, *, vllm_config: Any, prefix: str = "model") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        levels, hidden = deepstack_levels(self.config), self.config.text_config.hidden_size
+        levels, hidden = deepstack_level_count(self.config), self.config.text_config.hidden_size
         self.use_deepstack, self.deepstack_num_level = levels > 0, levels
         self.visual_dim, self.multiscale_dim = hidden, hidden * levels
         # vLLM's Qwen3-VL buffers, as it allocates them with its tower (under vLLM's default device and dtype)

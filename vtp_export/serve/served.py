@@ -6,6 +6,7 @@ from typing import Any
 
 from vtp_export.contract import Geometry
 from vtp_export.errors import UsageError
+from vtp_export.models.clip import CLIP_MEAN, CLIP_STD
 from vtp_export.models.qwen3_vl import PROCESSOR_MEAN as QWEN3_MEAN
 from vtp_export.models.qwen3_vl import PROCESSOR_STD as QWEN3_STD
 
@@ -13,8 +14,6 @@ from vtp_export.models.qwen3_vl import PROCESSOR_STD as QWEN3_STD
 # from token_index, K placeholders per image; Qwen3-VL's image embeddings carry their DeepStack levels.
 QWEN2_5_VL_PLUGIN = "VtpQwen2_5_VLForConditionalGeneration"
 QWEN3_VL_PLUGIN = "VtpQwen3VLForConditionalGeneration"
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 @dataclass(frozen=True)
@@ -29,8 +28,8 @@ class ServedModel:
             size = geometry.image_height
             image = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": size},
                      "do_center_crop": True, "crop_size": {"height": size, "width": size}, "do_rescale": True,
-                     "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
-                     "do_convert_rgb": True, "resample": 3}
+                     "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(CLIP_MEAN),
+                     "image_std": list(CLIP_STD), "do_convert_rgb": True, "resample": 3}
             processor = {"processor_class": "LlavaProcessor", "patch_size": config.vision_config.patch_size,
                          "vision_feature_select_strategy": config.vision_feature_select_strategy,
                          "num_additional_image_tokens": 1, "image_token": "<image>"}
@@ -42,7 +41,8 @@ class ServedModel:
         vision = config.vision_config
         image = {"image_processor_type": "Qwen2VLImageProcessor", "patch_size": vision.patch_size,
                  "temporal_patch_size": vision.temporal_patch_size, "merge_size": vision.spatial_merge_size,
-                 "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "min_pixels": 3136, "max_pixels": 12845056}
+                 "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "min_pixels": 3136,
+                 "max_pixels": 12845056}
         video, processor = image | {"video_processor_type": "Qwen2VLVideoProcessor"}, "Qwen2_5_VLProcessor"
         if self.model_type == "qwen3_vl":  # as the Qwen3-VL checkpoints' preprocessor files
             del image["min_pixels"], image["max_pixels"]

@@ -25,6 +25,7 @@ except ImportError:  # the [llama] extra; the rest of vtp-export runs without it
 from vtp_export.contract import WeightsFolder
 from vtp_export.errors import ExportError, UsageError, VtpError, WeightsError
 from vtp_export.models import MODELS
+from vtp_export.models.qwen3_vl import deepstack_level_count
 from vtp_export.records.codec import sha256
 from vtp_export.records.export import LlmFile, read_export, runtime_config, update_export
 from vtp_export.runtime.llm.transformers import TransformersLanguageModel, converted_llm
@@ -105,12 +106,12 @@ def export_llm(folder: Path, quant: str = "f16", llm_folder: Path | None = None,
         gguf_architecture(config.text_config)
     except WeightsError as error:
         raise UsageError(f"{model.name}: {error}") from None
-    deepstack_levels = len(getattr(config.vision_config, "deepstack_visual_indexes", None) or ())
     # random weights stay float32 (the writer rounds them); a checkpoint loads in the file's precision
     random = llm_folder is None and not isinstance(record.model.weights, WeightsFolder)
     llm, tokenizer_folder = converted_llm(folder, record, config, llm_folder, llm_layers,
                                           "float32" if quant == "f32" or random else "float16")
-    written = write_gguf(llm, tokenizer_folder, folder / gguf_file_name(quant), quant, deepstack_levels)
+    written = write_gguf(llm, tokenizer_folder, folder / gguf_file_name(quant), quant,
+                         deepstack_level_count(config))
     update_export(folder, {("llm",): written})
     if record.llm is not None and record.llm.file != written.file:
         (folder / record.llm.file).unlink(missing_ok=True)  # the folder holds what its record lists
