@@ -29,7 +29,7 @@ from vtp_export.runtime.backends import VisionBackend, open_backend
 from vtp_export.runtime.llm.backends import DEFAULT_LLM_BACKEND, LLM_BACKENDS, LlmBackend, llm_backend
 from vtp_export.runtime.llm.protocol import POSITION_POLICIES, LanguageModelBackend, LlmRequest, Segment
 from vtp_export.util.images import ImageInput, load_image
-from vtp_export.util.video import VideoInput, load_video
+from vtp_export.util.video import VideoClip, VideoInput, load_video
 
 IMAGE_SIZES = "image_sizes"  # (height, width) of each original image, beside the vision graph's outputs
 VIDEO_CLIPS = "video_clips"  # video exports: each video's VideoClip (its frame times), beside the outputs
@@ -179,10 +179,15 @@ class Pipeline:
     def preprocess(self, images: list[ImageInput]) -> np.ndarray:
         """Pixel values of each image (each video, for a video export) as the vision graph takes them, with the HF
         processor's code."""
+        return self.loaded(images)[0]
+
+    def loaded(self, images: list[ImageInput]) -> tuple[np.ndarray, list[tuple[int, int]], list[VideoClip]]:
+        """preprocess()'s pixel values, each input's (height, width), and a video export's clips."""
         if self.geometry.frames:
-            return self.model.preprocess_video([load_video(video, self.geometry.frames) for video in images],
-                                               self.geometry)
-        return self.model.preprocess([load_image(image) for image in images], self.geometry)
+            clips = [load_video(video, self.geometry.frames) for video in images]
+            return self.model.preprocess_video(clips, self.geometry), [clip.size for clip in clips], clips
+        loaded = [load_image(image) for image in images]
+        return self.model.preprocess(loaded, self.geometry), [(image.height, image.width) for image in loaded], []
 
     def encode_images(self, images: list[ImageInput], questions: list[str],
                       text_embeds: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -192,12 +197,7 @@ class Pipeline:
         embedding of the one-image prompt the question makes."""
         if not images:
             return {}
-        if self.geometry.frames:
-            clips = [load_video(video, self.geometry.frames) for video in images]
-            pixels, sizes = self.model.preprocess_video(clips, self.geometry), [clip.size for clip in clips]
-        else:
-            loaded = [load_image(image) for image in images]
-            pixels, sizes = self.model.preprocess(loaded, self.geometry), [(i.height, i.width) for i in loaded]
+        pixels, sizes, clips = self.loaded(images)
         chunk = self.record.graphs["vision"].batch or len(images)
         if text_embeds is None and self.clip_tokenizer is not None:
             text_embeds = self.text_embeds(questions)
