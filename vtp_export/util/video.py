@@ -73,18 +73,24 @@ def decode_video(path: Path, frames: int) -> VideoClip:
     if not path.is_file():
         raise PipelineError(f"video {path} does not exist" if not path.exists() else f"video {path} is not a file")
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path)) as container:  # count the frames: the sampled indices depend on the total
             if not container.streams.video:
                 raise PipelineError(f"video {path} has no video stream")
             stream = container.streams.video[0]
             fps = float(stream.average_rate) if stream.average_rate else DEFAULT_FPS
-            decoded = [frame.to_image() for frame in container.decode(stream)]
+            total = sum(1 for _ in container.decode(stream))
+        if total < frames:
+            raise PipelineError(f"video {path} has {total} frames; the export samples {frames} frames per video")
+        indices = sample_indices(total, frames)
+        with av.open(str(path)) as container:  # then convert only the sampled frames: memory stays F frames
+            wanted, sampled = set(indices), []
+            for index, frame in enumerate(container.decode(container.streams.video[0])):
+                if index in wanted:
+                    sampled.append(frame.to_image().convert("RGB"))
+                if index == indices[-1]:
+                    break
     except PipelineError:
         raise
     except (av.FFmpegError, OSError, ValueError) as error:
         raise PipelineError(f"video {path} cannot be read: {error}") from None
-    if len(decoded) < frames:
-        raise PipelineError(f"video {path} has {len(decoded)} frames; the export samples {frames} frames per video")
-    indices = sample_indices(len(decoded), frames)
-    return VideoClip(tuple(decoded[i].convert("RGB") for i in indices), tuple(i / fps for i in indices),
-                     frames / len(decoded) * fps)
+    return VideoClip(tuple(sampled), tuple(i / fps for i in indices), frames / total * fps)
