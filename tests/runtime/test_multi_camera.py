@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
+from tests.pictures import picture
 from tests.runtime.test_video_pipeline import (  # noqa: F401 (videos: the module's fixture of three clips)
     FRAMES, QUESTION, QWEN3, QWEN25, VIDEO_PAD, prompt_ids, setup, video_patch_rows, video_pixels, video_span, videos,
 )
@@ -18,10 +19,6 @@ pytestmark = pytest.mark.slow
 
 CAMERAS = 3
 NEW_TOKENS = 8
-
-
-def picture(seed: int) -> np.ndarray:
-    return (np.random.default_rng(seed).random((240, 300, 3)) * 255).astype(np.uint8)
 
 
 def test_three_llava_cameras_equal_hf_generate(tiny_bundle, cached_export):

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
+from tests.pictures import picture
 from tests.runtime.hf_reference import exports_on_demand, hf_ids_with_pruning
 from vtp_export.cli import main
 from vtp_export.errors import PipelineError
@@ -24,10 +25,6 @@ IMAGE_TOKEN = LLAVA15.image_token
 
 QUESTION = "What is in the picture?"
 NEW_TOKENS = 8
-
-
-def picture(seed: int = 0, size=(300, 240)) -> np.ndarray:
-    return (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.llm_files import assert_transformers_choices, stand_in_tokenizer_folder, tiny_llm
+from tests.pictures import picture
 from tests.runtime.torch_free import answer_without_torch
 from vtp_export.cli import main
 from vtp_export.errors import PipelineError
@@ -29,10 +29,6 @@ pytest.importorskip("gguf")
 
 QUESTION = "What is in the picture?"
 NEW_TOKENS = 8
-
-
-def picture(seed: int = 0) -> np.ndarray:
-    return (np.random.default_rng(seed).random((240, 300, 3)) * 255).astype(np.uint8)
 
 
 KEEP = 64

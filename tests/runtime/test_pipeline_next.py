@@ -2,11 +2,11 @@
 method with the same pruning applied in PyTorch, and the unpruned model in HF's layout equal to unmodified HF
 generate from pixels."""
 
-import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer, LlavaNextForConditionalGeneration
 
+from tests.pictures import picture
 from tests.runtime.hf_reference import exports_on_demand, hf_ids_with_pruning
 from vtp_export.errors import PipelineError
 from vtp_export.export.job import export
@@ -21,10 +21,6 @@ NEXT = MODELS.get("llava-next")
 QUESTION = "What is in the picture?"
 NEW_TOKENS = 6
 KEEP = 40  # 8 tokens of each of the 5 crops
-
-
-def picture(seed: int = 0, size=(300, 240)) -> np.ndarray:
-    return (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from PIL import Image
 from transformers import AutoTokenizer, Qwen2VLImageProcessorPil, Qwen3VLForConditionalGeneration
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures, Qwen3VLTextModel
 
+from tests.pictures import picture
 from tests.runtime.hf_reference import exports_on_demand
 from vtp_export.checkpoint.load import load_vision_stack
 from vtp_export.checkpoint.locate import read_model_config
@@ -36,10 +37,6 @@ PROCESSOR = dict(patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=
                  size={"shortest_edge": 65536, "longest_edge": 16777216})
 APPLICABLE = [name for name, method in METHODS.items()  # still images: evs (temporal) takes a video
               if not method.for_signals(QWEN3.signals).requires - QWEN3.signals and not method.temporal]
-
-
-def picture(seed: int = 0, size=(300, 240)) -> np.ndarray:
-    return (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")

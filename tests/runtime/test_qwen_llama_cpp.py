@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.llm_files import assert_transformers_choices
+from tests.pictures import picture
 from tests.runtime.hf_reference import exports_on_demand
 from tests.runtime.test_video_pipeline import KEEP as VIDEO_KEEP
 from tests.runtime.test_video_pipeline import QWEN3, QWEN25, setup, write_video
@@ -41,10 +42,6 @@ def llama_cpp_norms(reference: Pipeline) -> Pipeline:
             if hasattr(module, "variance_epsilon"):
                 module.variance_epsilon = 0.0
     return reference
-
-
-def picture(seed: int = 0) -> np.ndarray:
-    return (np.random.default_rng(seed).random((240, 300, 3)) * 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")

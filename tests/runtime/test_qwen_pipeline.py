@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
+from tests.pictures import picture
 from tests.runtime.hf_reference import exports_on_demand
 from vtp_export.checkpoint.load import load_vision_stack
 from vtp_export.checkpoint.locate import read_model_config
@@ -27,10 +28,6 @@ QUESTION = "What is in the picture?"
 NEW_TOKENS = 8
 APPLICABLE = [name for name, method in METHODS.items()  # still images: evs (temporal) takes a video
               if not method.for_signals(QWEN.signals).requires - QWEN.signals and not method.temporal]
-
-
-def picture(seed: int = 0, size=(300, 240)) -> np.ndarray:
-    return (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")

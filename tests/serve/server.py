@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.pictures import picture
+
 REPO = Path(__file__).resolve().parents[2]
 SERVE_VENV = REPO / ".venv-serve"
 SERVE_BIN = SERVE_VENV / "bin" / "vtp-export"
@@ -37,10 +39,6 @@ def serve_venv_reason() -> str | None:
 
 
 requires_serve_venv = pytest.mark.skipif(serve_venv_reason() is not None, reason=serve_venv_reason() or "")
-
-
-def picture(seed: int = 0, size=(300, 240)) -> np.ndarray:
-    return (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)
 
 
 def data_url(image: np.ndarray, kind: str = "PNG") -> str:

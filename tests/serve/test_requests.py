@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from tests.serve.server import data_url, picture
+from tests.pictures import picture
+from tests.serve.server import data_url
 from vtp_export.serve.requests import BadRequest, RequestLimits, parse_chat_request
 from vtp_export.serve.vllm_plugin import check_image_data, qwen_image_data
 

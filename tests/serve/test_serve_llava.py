@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.serve.server import ServeProcess, chat, data_url, picture, requires_serve_venv
+from tests.pictures import picture
+from tests.serve.server import ServeProcess, chat, data_url, requires_serve_venv
 from vtp_export.records.export import read_export
 from vtp_export.runtime import Pipeline
 from vtp_export.runtime.pipeline import Answer

@@ -3,7 +3,8 @@ stock vLLM: the greedy ids equal the transformers backend's, for one image and f
 
 import pytest
 
-from tests.serve.server import ServeProcess, chat, data_url, picture, requires_serve_venv
+from tests.pictures import picture
+from tests.serve.server import ServeProcess, chat, data_url, requires_serve_venv
 from vtp_export.records.export import read_export
 from vtp_export.runtime import Pipeline
 

@@ -6,7 +6,8 @@ checkpoint's DeepStack mergers are loud enough for the levels to decide the answ
 
 import pytest
 
-from tests.serve.server import ServeProcess, picture, pipeline_ids, requires_serve_venv, served_ids
+from tests.pictures import picture
+from tests.serve.server import ServeProcess, pipeline_ids, requires_serve_venv, served_ids
 from vtp_export.records.export import read_export
 from vtp_export.runtime import Pipeline
 from vtp_export.runtime.llm.protocol import Segment
